@@ -1,0 +1,1 @@
+//! Policy model, loader and decision engine.

@@ -1,0 +1,27 @@
+//! Generates the tabadol.v1 gRPC code and the descriptor set used by server reflection.
+//! protoc comes from the `protoc-bin-vendored` crate, so no system protoc is needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY-free: build scripts are single-threaded; tonic-prost-build reads PROTOC.
+    std::env::set_var("PROTOC", protoc);
+    let include = protoc_bin_vendored::include_path()?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let files = [
+        "tabadol/v1/common.proto",
+        "tabadol/v1/inquiry.proto",
+        "tabadol/v1/shahkar.proto",
+        "tabadol/v1/civil_registry.proto",
+        "tabadol/v1/tax.proto",
+        "tabadol/v1/events.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("tabadol_descriptor.bin"))
+        .compile_protos(&files, &[PathBuf::from("."), include])?;
+    Ok(())
+}
