@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free: build scripts are single-threaded; tonic-prost-build reads PROTOC.
+    // Build scripts are single-threaded; tonic-prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
     let include = protoc_bin_vendored::include_path()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -22,6 +22,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tabadol_descriptor.bin"))
-        .compile_protos(&files, &[PathBuf::from("."), include])?;
+        .compile_protos(&files.map(PathBuf::from), &[PathBuf::from("."), include])?;
     Ok(())
 }

@@ -1,1 +1,8 @@
-fn main() {}
+//! `tabadol`: parses the command line and runs it.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tabadol_hub::cli::main(tabadol_hub::cli::Cli::parse())
+}

@@ -1,0 +1,158 @@
+//! Assembles a running hub from a validated [`Config`]: store, audit writer, adapters,
+//! TLS and the gRPC server; and stops it cleanly.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tabadol_adapters::{AdapterConfig, Provider};
+use tabadol_policy::Policy;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::audit::{Audit, AuditOptions};
+use crate::config::Config;
+use crate::pipeline::Hub;
+use crate::tls::{server_config, TlsFiles};
+
+/// A hub serving on a socket.
+pub struct HubHandle {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub db: sled::Db,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl HubHandle {
+    /// Stops accepting calls, lets calls in flight finish, and flushes the store.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = self.task.await.context("server task panicked")?;
+        self.db.flush_async().await?;
+        result
+    }
+
+    /// Waits until the server ends by itself (it only does on error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task panicked")?
+    }
+}
+
+/// Builds the provider adapters named in the config.
+pub fn build_providers(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<dyn Provider>>> {
+    let mut out = HashMap::new();
+    for p in &cfg.providers {
+        let kind = p
+            .adapter
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown adapter `{}`", p.adapter))?;
+        let adapter = tabadol_adapters::build(&AdapterConfig {
+            provider: p.provider.clone(),
+            kind,
+            base_url: p.base_url.clone(),
+            timeout: Duration::from_millis(p.timeout_ms),
+        })
+        .map_err(|e| anyhow::anyhow!("provider {}: {e}", p.provider))?;
+        out.insert(p.provider.clone(), adapter);
+    }
+    Ok(out)
+}
+
+/// Starts the hub on `listener` with an already validated config and policy.
+pub async fn start(
+    cfg: &Config,
+    policy: Policy,
+    listener: TcpListener,
+) -> anyhow::Result<HubHandle> {
+    let tls = server_config(&TlsFiles {
+        ca: &cfg.tls.ca,
+        cert: &cfg.tls.cert,
+        key: &cfg.tls.key,
+        crls: &cfg.tls.crls,
+    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let db = sled::Config::new()
+        .path(cfg.data_dir.join("store"))
+        .flush_every_ms(Some(500))
+        .open()
+        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+    let audit = Audit::open(
+        &db,
+        AuditOptions {
+            durable: cfg.audit.durable,
+            ..AuditOptions::default()
+        },
+    )?;
+    let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
+    hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
+    let hub = Arc::new(hub);
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(crate::server::run(listener, tls, hub.clone(), async move {
+        let _ = rx.await;
+    }));
+    tracing::info!(message = "hub listening", %addr);
+    Ok(HubHandle {
+        addr,
+        hub,
+        db,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Reloads the policy on SIGHUP, keeping the last good one when the new one is broken.
+pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Policy::load_dir(&dir) {
+                Ok(p) => {
+                    hub.swap_policy(p);
+                    tracing::info!(message = "policy reloaded", dir = %dir.display());
+                }
+                Err(errors) => {
+                    tracing::error!(
+                        message = "policy reload refused; keeping the last good policy",
+                        errors = %errors
+                    );
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (hub, dir);
+}

@@ -1,0 +1,283 @@
+//! The `tabadol` command line (clap): serve, dev, pki, policy, audit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tabadol_policy::Policy;
+
+use crate::pki::PkiLayout;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tabadol",
+    version,
+    about = "Tabadol national data-exchange hub"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub from a configuration file (production).
+    Serve {
+        /// YAML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the hub on its embedded default: dev PKI, provider simulators, sled store.
+    Dev {
+        /// Directory for the PKI, the store and samples.json.
+        #[arg(long, default_value = "./var/dev")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Policy directory (default: policy/national when present, else the embedded copy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Development PKI.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a root, the hub certificate and one certificate per agency in the policy.
+    Init {
+        #[arg(long, default_value = "./var/dev/pki")]
+        dir: PathBuf,
+        #[arg(long, default_value = "policy/national")]
+        policy: PathBuf,
+    },
+    /// Issue (or re-issue) one agency's client certificate.
+    Issue {
+        #[arg(long, default_value = "./var/dev/pki")]
+        dir: PathBuf,
+        #[arg(long, default_value = "policy/national")]
+        policy: PathBuf,
+        /// Agency id from agencies.yaml.
+        agency: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory; every error is reported with file:line:column.
+    Check { dir: PathBuf },
+    /// Explain what one agency may do (grants, fields, purposes, approvals).
+    Explain {
+        #[arg(long, default_value = "policy/national")]
+        dir: PathBuf,
+        agency: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit log.
+    Verify {
+        /// The hub's data_dir (holds `store/`).
+        #[arg(long, default_value = "./var/dev")]
+        data_dir: PathBuf,
+    },
+    /// Print the trail of one tracking code of one agency.
+    Trace {
+        #[arg(long, default_value = "./var/dev")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        agency: String,
+        tracking_code: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line; the exit code says whether it worked.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let (cfg, policy) = crate::config::Config::load(&config).map_err(|e| {
+                anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display())
+            })?;
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+            let handle = crate::app::start(&cfg, policy, listener).await?;
+            crate::app::spawn_policy_reload(handle.hub.clone(), cfg.policy_dir.clone());
+            crate::app::shutdown_signal().await;
+            tracing::info!("shutting down");
+            handle.stop().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev {
+            dir,
+            listen,
+            policy,
+        } => {
+            let opts = crate::dev::DevOptions {
+                dir,
+                listen,
+                policy,
+            };
+            let env = crate::dev::prepare(&opts).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {listen}: {e}; choose another with --listen")
+            })?;
+            let handle = crate::app::start(&env.config, env.policy.clone(), listener).await?;
+            crate::app::spawn_policy_reload(handle.hub.clone(), env.config.policy_dir.clone());
+            println!("{}", crate::dev::banner(&env, handle.addr));
+            crate::app::shutdown_signal().await;
+            println!("shutting down…");
+            handle.stop().await?;
+            env.simulators.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki(PkiCommand::Init { dir, policy }) => {
+            let policy = load_policy(&policy)?;
+            let agencies = agency_names(&policy);
+            let report = crate::pki::ensure_dev_pki(&PkiLayout::new(&dir), &agencies)?;
+            println!(
+                "PKI in {}: root {}, issued {:?}",
+                dir.display(),
+                if report.created_root {
+                    "created"
+                } else {
+                    "kept"
+                },
+                report.issued
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki(PkiCommand::Issue {
+            dir,
+            policy,
+            agency,
+        }) => {
+            let policy = load_policy(&policy)?;
+            let a = policy
+                .agency(&agency)
+                .ok_or_else(|| anyhow::anyhow!("agency `{agency}` is not in agencies.yaml"))?;
+            let layout = PkiLayout::new(&dir);
+            crate::pki::issue_agency(&layout, &a.id, &a.certificate.common_name)?;
+            println!(
+                "issued {} and {}",
+                layout.agency_cert(&a.id).display(),
+                layout.agency_key(&a.id).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => match Policy::load_dir(&dir) {
+            Ok(p) => {
+                println!(
+                    "{}: ok ({} agencies, {} services, {} grants, {} subscriptions)",
+                    dir.display(),
+                    p.agencies().count(),
+                    p.services().count(),
+                    p.agencies()
+                        .map(|a| p.grants_for(&a.id).len())
+                        .sum::<usize>(),
+                    p.subscriptions().len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", dir.display(), errors.0.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Policy(PolicyCommand::Explain { dir, agency }) => {
+            let policy = load_policy(&dir)?;
+            let a = policy
+                .agency(&agency)
+                .ok_or_else(|| anyhow::anyhow!("agency `{agency}` is not in agencies.yaml"))?;
+            println!("{} ({} / {})", a.id, a.name_en, a.name_fa);
+            let grants = policy.grants_for(&a.id);
+            if grants.is_empty() {
+                println!("  no grants: every inquiry is denied");
+            }
+            for (s, g) in grants {
+                println!(
+                    "  {} [{}] fields {:?} purposes {:?} — approved {}",
+                    s.id,
+                    s.national_service_id,
+                    g.fields,
+                    g.purposes,
+                    crate::pipeline::approval_text(&g.approved)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { data_dir }) => {
+            let db = sled::open(data_dir.join("store"))?;
+            match crate::audit::verify_db(&db) {
+                Ok(n) => {
+                    println!("audit log intact: {n} records, hash chain verified");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("audit log BROKEN: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Trace {
+            data_dir,
+            agency,
+            tracking_code,
+        }) => {
+            let db = sled::open(data_dir.join("store"))?;
+            let audit = crate::audit::Audit::open(&db, crate::audit::AuditOptions::default())?;
+            for r in audit.trace(&agency, &tracking_code)? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_policy(dir: &std::path::Path) -> anyhow::Result<Policy> {
+    Policy::load_dir(dir)
+        .map_err(|e| anyhow::anyhow!("policy {} is not valid:\n{e}", dir.display()))
+}
+
+fn agency_names(policy: &Policy) -> Vec<(String, String)> {
+    policy
+        .agencies()
+        .map(|a| (a.id.clone(), a.certificate.common_name.clone()))
+        .collect()
+}

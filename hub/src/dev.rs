@@ -1,0 +1,168 @@
+//! `tabadol dev`: the embedded default — a development PKI, provider simulators on
+//! loopback, a sled store and `samples.json`, all under one directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tabadol_adapters::simulators::{Dataset, Simulators};
+use tabadol_policy::Policy;
+
+use crate::config::{AuditSection, Config, ProviderSection, TlsSection};
+use crate::pki::{ensure_dev_pki, PkiLayout};
+
+/// The shipped national policy, embedded so `tabadol dev` runs from anywhere.
+const EMBEDDED_POLICY: [(&str, &str); 4] = [
+    (
+        "agencies.yaml",
+        include_str!("../../policy/national/agencies.yaml"),
+    ),
+    (
+        "services.yaml",
+        include_str!("../../policy/national/services.yaml"),
+    ),
+    (
+        "grants.yaml",
+        include_str!("../../policy/national/grants.yaml"),
+    ),
+    (
+        "subscriptions.yaml",
+        include_str!("../../policy/national/subscriptions.yaml"),
+    ),
+];
+
+/// Seed of the simulators' synthetic population (fixed, so samples.json is stable).
+pub const DATASET_SEED: u64 = 1405;
+
+/// Options of `tabadol dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Policy directory; `None` uses `policy/national` when present, else the embedded copy.
+    pub policy: Option<PathBuf>,
+}
+
+/// Everything `tabadol dev` started.
+pub struct DevEnv {
+    pub config: Config,
+    pub policy: Policy,
+    pub simulators: Simulators,
+    pub dataset: Arc<Dataset>,
+}
+
+/// Finds or writes the policy directory for dev mode.
+pub fn policy_dir(opts: &DevOptions) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &opts.policy {
+        return Ok(p.clone());
+    }
+    let repo = Path::new("policy/national");
+    if repo.join("agencies.yaml").is_file() {
+        return Ok(repo.to_owned());
+    }
+    let dir = opts.dir.join("policy");
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in EMBEDDED_POLICY {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Prepares the directory (PKI, samples) and starts the simulators.
+pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    let policy_dir = policy_dir(opts)?;
+    let policy = Policy::load_dir(&policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let layout = PkiLayout::new(opts.dir.join("pki"));
+    let agencies: Vec<(String, String)> = policy
+        .agencies()
+        .map(|a| (a.id.clone(), a.certificate.common_name.clone()))
+        .collect();
+    let report = ensure_dev_pki(&layout, &agencies)?;
+    if !report.issued.is_empty() {
+        tracing::info!(message = "development PKI ready", issued = ?report.issued);
+    }
+    let dataset = Arc::new(Dataset::generate(DATASET_SEED));
+    let samples = opts.dir.join("samples.json");
+    std::fs::write(&samples, serde_json::to_string_pretty(&dataset.samples())?)
+        .with_context(|| format!("writing {}", samples.display()))?;
+    let simulators = Simulators::start(dataset.clone()).await?;
+    let providers = vec![
+        ProviderSection {
+            provider: "cra".into(),
+            adapter: "shahkar".into(),
+            base_url: simulators.shahkar.base_url(),
+            timeout_ms: 3_000,
+        },
+        ProviderSection {
+            provider: "nocr".into(),
+            adapter: "civil-registry".into(),
+            base_url: simulators.civil_registry.base_url(),
+            timeout_ms: 3_000,
+        },
+        ProviderSection {
+            provider: "inta".into(),
+            adapter: "tax".into(),
+            base_url: simulators.tax.base_url(),
+            timeout_ms: 3_000,
+        },
+    ];
+    let config = Config {
+        listen: opts.listen,
+        policy_dir,
+        data_dir: opts.dir.clone(),
+        tls: TlsSection {
+            ca: layout.ca_cert(),
+            cert: layout.hub_cert(),
+            key: layout.hub_key(),
+            crls: Vec::new(),
+        },
+        providers,
+        audit: AuditSection::default(),
+        default_deadline_ms: 10_000,
+    };
+    let policy = config.validate()?;
+    Ok(DevEnv {
+        config,
+        policy,
+        simulators,
+        dataset,
+    })
+}
+
+/// Text printed when `tabadol dev` is up.
+pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
+    let dir = env.config.data_dir.display();
+    let sample = env.dataset.samples();
+    let nc = sample["persons_alive"][0]["national_code"]
+        .as_str()
+        .unwrap_or("0499370899")
+        .to_owned();
+    let mobile = sample["persons_alive"][0]["mobile"]
+        .as_str()
+        .unwrap_or("09121234567")
+        .to_owned();
+    format!(
+        "Tabadol hub (dev) listening on https://{addr} (mutual TLS)\n\
+         \n  PKI:       {dir}/pki (root ca.crt, agency certificates in agencies/<id>.crt|.key)\
+         \n  samples:   {dir}/samples.json (subjects the simulators know)\
+         \n  policy:    {policy}\
+         \n  providers: shahkar {s}, civil registry {c}, tax {t}\
+         \n\nTry it:\
+         \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency cbi shahkar {nc} {mobile}\
+         \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency moh identity {nc}\
+         \n  grpcurl -cacert {dir}/pki/ca.crt -cert {dir}/pki/agencies/cbi.crt -key {dir}/pki/agencies/cbi.key \\\
+         \n      -d '{{\"context\":{{\"tracking_code\":\"TRK-0001\",\"purpose\":\"kyc\"}},\"national_code\":\"{nc}\"}}' \\\
+         \n      {addr} tabadol.v1.CivilRegistry/GetLifeStatus\
+         \n\nCtrl-C stops the hub.",
+        policy = env.config.policy_dir.display(),
+        s = env.simulators.shahkar.base_url(),
+        c = env.simulators.civil_registry.base_url(),
+        t = env.simulators.tax.base_url(),
+    )
+}

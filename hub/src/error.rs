@@ -1,0 +1,143 @@
+//! Errors of the inquiry and event paths, and the one place where they become gRPC
+//! statuses (with rich error details) and audit outcomes.
+
+use std::time::Duration;
+
+use tabadol_adapters::ProviderError;
+use tabadol_policy::Deny;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// Domain for `ErrorInfo` details.
+const DOMAIN: &str = "tabadol.ir";
+
+/// One invalid input field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
+
+impl Violation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Why an inquiry (or a publish) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the client certificate (CN={common_name}) matches no agency in agencies.yaml; ask the secretariat to register it")]
+    UnknownAgency { common_name: String },
+    #[error("invalid request: {}", summarize(.0))]
+    Invalid(Vec<Violation>),
+    #[error("service `{0}` is not in the service catalog; call Inquiry/ListServices to see what you may call")]
+    UnknownService(String),
+    #[error("{0}")]
+    Denied(Deny),
+    #[error(
+        "agency {agency} may not {action}; ask the interoperability working group for a grant"
+    )]
+    NotAllowed { agency: String, action: String },
+    #[error("rate limit of the grant {agency} → {service} reached; retry after {} ms", retry_after.as_millis())]
+    RateLimited {
+        agency: String,
+        service: String,
+        retry_after: Duration,
+    },
+    #[error("provider {provider} did not answer within the caller's deadline ({} ms)", budget.as_millis())]
+    DeadlineExceeded { provider: String, budget: Duration },
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("no adapter is configured for provider {0}; check the `providers` section of the hub config")]
+    NoAdapter(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summarize(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl HubError {
+    /// The audit outcome word for this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            HubError::UnknownAgency { .. } => "unauthenticated",
+            HubError::Invalid(_) => "invalid",
+            HubError::UnknownService(_) => "unknown_service",
+            HubError::Denied(_) | HubError::NotAllowed { .. } => "denied",
+            HubError::RateLimited { .. } => "rate_limited",
+            HubError::DeadlineExceeded { .. } => "deadline_exceeded",
+            HubError::Provider(p) => match p {
+                ProviderError::Timeout { .. } => "deadline_exceeded",
+                ProviderError::NotFound { .. } => "not_found",
+                ProviderError::Rejected { .. } => "rejected",
+                _ => "unavailable",
+            },
+            HubError::NoAdapter(_) => "unavailable",
+            HubError::Internal(_) => "internal",
+        }
+    }
+
+    /// The gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            HubError::UnknownAgency { .. } => Code::Unauthenticated,
+            HubError::Invalid(_) => Code::InvalidArgument,
+            HubError::UnknownService(_) => Code::NotFound,
+            HubError::Denied(_) | HubError::NotAllowed { .. } => Code::PermissionDenied,
+            HubError::RateLimited { .. } => Code::ResourceExhausted,
+            HubError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            HubError::Provider(p) => match p {
+                ProviderError::Timeout { .. } => Code::DeadlineExceeded,
+                ProviderError::NotFound { .. } => Code::NotFound,
+                ProviderError::Rejected { .. } => Code::FailedPrecondition,
+                _ => Code::Unavailable,
+            },
+            HubError::NoAdapter(_) => Code::Unavailable,
+            HubError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Status {
+        let code = e.code();
+        let message = e.to_string();
+        match &e {
+            HubError::Invalid(violations) => {
+                let fv = violations
+                    .iter()
+                    .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+                    .collect::<Vec<_>>();
+                Status::with_error_details(code, message, ErrorDetails::with_bad_request(fv))
+            }
+            HubError::RateLimited { retry_after, .. } => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            ),
+            HubError::Denied(_) | HubError::NotAllowed { .. } => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_error_info(
+                    "GRANT_MISSING",
+                    DOMAIN,
+                    std::collections::HashMap::<String, String>::new(),
+                ),
+            ),
+            HubError::Internal(_) => {
+                tracing::error!(message = "internal error", error = %e);
+                Status::new(code, "internal error; the hub operators have been notified")
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The inquiry pipeline every call goes through, typed or generic:
+//! validate → decide → limit → call adapter → drop ungranted fields → audit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tabadol_adapters::{Provider, ProviderRequest, Record};
+use tabadol_policy::{ids, Decision, DecisionRequest, Policy};
+
+use crate::audit::{Audit, AuditRecord};
+use crate::error::{HubError, Violation};
+
+/// A grant's approval reference as one line, e.g.
+/// "interoperability-working-group, session 26 (1400/08/18), access resolution, item 3".
+pub fn approval_text(a: &tabadol_policy::model::Approval) -> String {
+    let mut s = format!("{}, session {} ({}), {}", a.body, a.session, a.date, a.item);
+    if let Some(note) = &a.note {
+        s.push_str(" — ");
+        s.push_str(note);
+    }
+    s
+}
+
+/// The agency behind a verified connection.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub agency: String,
+}
+
+/// One inquiry, as every front end (typed or generic) hands it to the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct InquiryInput {
+    pub tracking_code: String,
+    pub purpose: String,
+    pub service_request_id: String,
+    pub service: String,
+    pub params: BTreeMap<String, String>,
+    pub fields: Vec<String>,
+}
+
+/// What the pipeline answers.
+#[derive(Debug, Clone)]
+pub struct InquiryOutput {
+    pub inquiry_id: String,
+    pub provider: String,
+    /// Records holding only granted (and requested) fields.
+    pub records: Vec<Record>,
+    /// The fields the caller may see, in catalog order.
+    pub fields: Vec<String>,
+}
+
+/// The compiled policy plus the rate limiters that belong to it; swapped as one.
+pub struct PolicyState {
+    pub policy: Policy,
+    grant_limits: HashMap<(String, String), DefaultDirectRateLimiter>,
+    agency_limits: HashMap<String, DefaultDirectRateLimiter>,
+}
+
+fn limiter(per_second: u32, burst: u32) -> Option<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+    Some(RateLimiter::direct(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
+impl PolicyState {
+    pub fn new(policy: Policy) -> Self {
+        let mut grant_limits = HashMap::new();
+        let mut agency_limits = HashMap::new();
+        for agency in policy.agencies() {
+            if let Some(rate) = &agency.rate {
+                if let Some(l) = limiter(rate.per_second, rate.burst) {
+                    agency_limits.insert(agency.id.clone(), l);
+                }
+            }
+            for (service, grant) in policy.grants_for(&agency.id) {
+                if let Some(rate) = &grant.rate {
+                    if let Some(l) = limiter(rate.per_second, rate.burst) {
+                        grant_limits.insert((agency.id.clone(), service.id.clone()), l);
+                    }
+                }
+            }
+        }
+        Self {
+            policy,
+            grant_limits,
+            agency_limits,
+        }
+    }
+
+    fn check_rate(&self, agency: &str, service: &str) -> Result<(), HubError> {
+        let key = (agency.to_owned(), service.to_owned());
+        for l in [self.agency_limits.get(agency), self.grant_limits.get(&key)]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(not_until) = l.check() {
+                let retry_after = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                return Err(HubError::RateLimited {
+                    agency: agency.to_owned(),
+                    service: service.to_owned(),
+                    retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The hub's shared state for the inquiry path.
+pub struct Hub {
+    policy: ArcSwap<PolicyState>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    audit: Audit,
+    /// Upper bound on any provider call when the caller sets no deadline.
+    pub default_deadline: Duration,
+}
+
+/// Margin kept back from the caller's deadline so the hub answers DEADLINE_EXCEEDED
+/// itself (naming the provider) before the transport cuts the call off.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(15);
+
+impl Hub {
+    pub fn new(
+        policy: Policy,
+        providers: HashMap<String, Arc<dyn Provider>>,
+        audit: Audit,
+    ) -> Self {
+        Self {
+            policy: ArcSwap::from_pointee(PolicyState::new(policy)),
+            providers,
+            audit,
+            default_deadline: Duration::from_secs(10),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> arc_swap::Guard<Arc<PolicyState>> {
+        self.policy.load()
+    }
+
+    /// Replaces the policy atomically (callers in flight keep the old one).
+    pub fn swap_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(PolicyState::new(policy)));
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Resolves the agency of a verified certificate common name.
+    pub fn caller_for(&self, common_name: Option<&str>) -> Result<Caller, HubError> {
+        let cn = common_name.unwrap_or("");
+        match self.policy.load().policy.agency_for_common_name(cn) {
+            Some(a) => Ok(Caller {
+                agency: a.id.clone(),
+            }),
+            None => {
+                tracing::warn!(
+                    message = "call refused: certificate matches no agency",
+                    common_name = cn
+                );
+                Err(HubError::UnknownAgency {
+                    common_name: cn.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Runs one inquiry through the whole pipeline and audits it, whatever the outcome.
+    pub async fn inquire(
+        &self,
+        caller: &Caller,
+        input: InquiryInput,
+        deadline: Option<Instant>,
+    ) -> Result<InquiryOutput, HubError> {
+        let started = Instant::now();
+        let inquiry_id = uuid::Uuid::now_v7().to_string();
+        let result = self.run(caller, &input, deadline, &inquiry_id).await;
+        let (outcome, detail) = match &result {
+            Ok(_) => ("ok", String::new()),
+            Err(e) => (e.outcome(), e.to_string()),
+        };
+        let record = AuditRecord {
+            seq: 0,
+            time_micros: jiff::Timestamp::now().as_microsecond(),
+            inquiry_id: inquiry_id.clone(),
+            agency: caller.agency.clone(),
+            service: input.service,
+            purpose: input.purpose,
+            tracking_code: input.tracking_code,
+            service_request_id: input.service_request_id,
+            outcome: outcome.to_owned(),
+            latency_micros: started.elapsed().as_micros() as u64,
+            detail,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        if let Err(e) = self.audit.append(record).await {
+            // No unaudited answer leaves the hub.
+            return Err(HubError::Internal(format!("audit write failed: {e}")));
+        }
+        result
+    }
+
+    async fn run(
+        &self,
+        caller: &Caller,
+        input: &InquiryInput,
+        deadline: Option<Instant>,
+        inquiry_id: &str,
+    ) -> Result<InquiryOutput, HubError> {
+        // 1. Validate the context.
+        let mut violations = Vec::new();
+        if let Err(e) = ids::validate_tracking_code(&input.tracking_code) {
+            violations.push(Violation::new("context.tracking_code", e.to_string()));
+        }
+        if input.purpose.trim().is_empty() {
+            violations.push(Violation::new(
+                "context.purpose",
+                "purpose is required: say why the data is needed (one of your grant's purposes)",
+            ));
+        }
+        let state = self.policy.load();
+        let policy = &state.policy;
+        let service = policy
+            .service(&input.service)
+            .ok_or_else(|| HubError::UnknownService(input.service.clone()))?;
+        // 2. Validate the inputs against the catalog.
+        if let Err(v) = service.validate_params(&input.params) {
+            violations.extend(
+                v.into_iter()
+                    .map(|v| Violation::new(format!("params.{}", v.field), v.description)),
+            );
+        }
+        if !violations.is_empty() {
+            return Err(HubError::Invalid(violations));
+        }
+        // 3. Decide.
+        let fields = match policy.decide(&DecisionRequest {
+            agency: &caller.agency,
+            service: &input.service,
+            purpose: &input.purpose,
+            at: jiff::Timestamp::now(),
+            requested_fields: &input.fields,
+        }) {
+            Decision::Allow { fields, .. } => fields,
+            Decision::Deny(deny) => return Err(HubError::Denied(deny)),
+        };
+        // 4. Limit.
+        state.check_rate(&caller.agency, &input.service)?;
+        // 5. Call the provider under the caller's deadline.
+        let provider_id = service.provider.clone();
+        let provider = self
+            .providers
+            .get(&provider_id)
+            .ok_or_else(|| HubError::NoAdapter(provider_id.clone()))?
+            .clone();
+        let operation = service.operation.clone();
+        drop(state);
+        let now = Instant::now();
+        let deadline = deadline.unwrap_or(now + self.default_deadline);
+        let budget = deadline
+            .saturating_duration_since(now)
+            .saturating_sub(DEADLINE_MARGIN);
+        if budget.is_zero() {
+            return Err(HubError::DeadlineExceeded {
+                provider: provider_id,
+                budget,
+            });
+        }
+        let request = ProviderRequest {
+            operation,
+            params: input.params.clone(),
+            tracking_code: input.tracking_code.clone(),
+            timeout: budget,
+        };
+        let response = match tokio::time::timeout(budget, provider.call(request)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(HubError::DeadlineExceeded {
+                    provider: provider_id,
+                    budget,
+                })
+            }
+        };
+        // 6. Minimize: only granted fields leave the hub.
+        let records = response
+            .records
+            .into_iter()
+            .map(|mut r| {
+                r.retain(|k, _| fields.iter().any(|f| f == k));
+                r
+            })
+            .collect();
+        Ok(InquiryOutput {
+            inquiry_id: inquiry_id.to_owned(),
+            provider: provider_id,
+            records,
+            fields,
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! Composes the gRPC server (pipeline services, reflection, health) behind the hub's
+//! own mTLS acceptor, and runs it until the shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use tabadol_proto::v1::civil_registry_server::CivilRegistryServer;
+use tabadol_proto::v1::inquiry_server::InquiryServer;
+use tabadol_proto::v1::shahkar_server::ShahkarServer;
+use tabadol_proto::v1::tax_server::TaxServer;
+use tokio::net::TcpListener;
+
+use crate::grpc::civil_registry::CivilRegistryService;
+use crate::grpc::inquiry::InquiryService;
+use crate::grpc::shahkar::ShahkarService;
+use crate::grpc::tax::TaxService;
+use crate::pipeline::Hub;
+
+/// Most TLS handshakes in progress at once.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Serves every hub service on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    hub: Arc<Hub>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<InquiryServer<InquiryService>>().await;
+    health.set_serving::<ShahkarServer<ShahkarService>>().await;
+    health
+        .set_serving::<CivilRegistryServer<CivilRegistryService>>()
+        .await;
+    health.set_serving::<TaxServer<TaxService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let incoming = crate::tls::incoming(listener, tls, MAX_PENDING_HANDSHAKES);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(InquiryServer::new(InquiryService(hub.clone())))
+        .add_service(ShahkarServer::new(ShahkarService(hub.clone())))
+        .add_service(CivilRegistryServer::new(CivilRegistryService(hub.clone())))
+        .add_service(TaxServer::new(TaxService(hub.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

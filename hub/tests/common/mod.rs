@@ -1,0 +1,135 @@
+//! Test harness: a real hub on 127.0.0.1:0 with the dev PKI, real provider simulators
+//! and the shipped national policy, plus mTLS clients for any agency.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tabadol_adapters::simulators::{Dataset, Simulators};
+use tabadol_hub::app::HubHandle;
+use tabadol_hub::dev::{prepare, DevOptions};
+use tabadol_hub::pki::{self, LeafSpec, PemPair, PkiLayout};
+use tabadol_proto::v1::InquiryContext;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub struct TestHub {
+    pub dir: tempfile::TempDir,
+    pub handle: HubHandle,
+    pub sims: Simulators,
+    pub dataset: Arc<Dataset>,
+    pub pki: PkiLayout,
+}
+
+pub fn policy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/national")
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestHub {
+    pub async fn start() -> TestHub {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DevOptions {
+            dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            policy: Some(policy_dir()),
+        };
+        let env = prepare(&opts).await.expect("dev environment");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
+            .await
+            .expect("hub starts");
+        TestHub {
+            pki: PkiLayout::new(dir.path().join("pki")),
+            dir,
+            handle,
+            sims: env.simulators,
+            dataset: env.dataset,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.handle.addr.port())
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.pki.ca_cert()).unwrap()
+    }
+
+    pub fn ca(&self) -> PemPair {
+        pki::read_ca(&self.pki).unwrap()
+    }
+
+    /// A channel authenticated with the dev certificate of `agency`.
+    pub async fn channel(&self, agency: &str) -> Channel {
+        let cert = std::fs::read_to_string(self.pki.agency_cert(agency)).unwrap();
+        let key = std::fs::read_to_string(self.pki.agency_key(agency)).unwrap();
+        self.channel_with(Some(PemPair { cert, key }), &self.ca_pem())
+            .await
+            .expect("connect")
+    }
+
+    /// A channel with an arbitrary identity (or none) trusting `ca_pem` for the server.
+    pub async fn channel_with(
+        &self,
+        identity: Option<PemPair>,
+        ca_pem: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(id.cert, id.key));
+        }
+        Ok(Endpoint::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect_lazy())
+    }
+
+    /// A client certificate for `cn` issued by this hub's root.
+    pub fn issue(&self, spec: &LeafSpec) -> PemPair {
+        pki::issue(&self.ca(), spec).unwrap()
+    }
+
+    /// Samples of the simulators' population.
+    pub fn samples(&self) -> serde_json::Value {
+        self.dataset.samples()
+    }
+
+    pub fn alive(&self, i: usize) -> (String, String) {
+        let s = self.samples();
+        let p = &s["persons_alive"][i];
+        (
+            p["national_code"].as_str().unwrap().to_owned(),
+            p["mobile"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop().await.unwrap();
+        self.sims.shutdown().await;
+    }
+}
+
+pub fn ctx(tracking: &str, purpose: &str) -> Option<InquiryContext> {
+    Some(InquiryContext {
+        tracking_code: tracking.into(),
+        purpose: purpose.into(),
+        service_request_id: String::new(),
+    })
+}
+
+/// The field names of a status's BadRequest details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

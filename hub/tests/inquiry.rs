@@ -1,0 +1,444 @@
+//! The inquiry path end to end: real mTLS on 127.0.0.1, the shipped national policy and
+//! the real provider simulators behind the hub.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ctx, violated_fields, TestHub};
+use tabadol_proto::v1::civil_registry_client::CivilRegistryClient;
+use tabadol_proto::v1::get_taxpayer_request::Subject;
+use tabadol_proto::v1::inquiry_client::InquiryClient;
+use tabadol_proto::v1::shahkar_client::ShahkarClient;
+use tabadol_proto::v1::tax_client::TaxClient;
+use tabadol_proto::v1::{
+    GetIdentityRequest, GetLifeStatusRequest, GetTaxpayerRequest, InquireManyRequest,
+    InquireRequest, ListServicesRequest, MatchMobileRequest, TraceRequest,
+};
+use tonic::Code;
+
+/// Purposes from the shipped grants.
+const KYC: &str = "kyc";
+const CREDIT: &str = "credit-assessment";
+const PATIENT: &str = "patient-identification";
+const MOE_PURPOSE: &str = "customer-verification";
+
+fn match_req(tracking: &str, nc: &str, mobile: &str) -> MatchMobileRequest {
+    match_req_for(tracking, KYC, nc, mobile)
+}
+
+fn match_req_for(tracking: &str, purpose: &str, nc: &str, mobile: &str) -> MatchMobileRequest {
+    MatchMobileRequest {
+        context: ctx(tracking, purpose),
+        national_code: nc.into(),
+        mobile: mobile.into(),
+    }
+}
+
+/// An agency with a grant gets the simulator's real answers through every typed service.
+#[tokio::test]
+async fn allowed_calls_return_provider_data() {
+    let hub = TestHub::start().await;
+    let ch = hub.channel("cbi").await;
+    let (nc, mobile) = hub.alive(0);
+
+    let m = ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("TRK-OK-0001", &nc, &mobile))
+        .await
+        .expect("shahkar call")
+        .into_inner();
+    assert!(m.matched, "the dataset's own mobile must match");
+    assert!(!m.inquiry_id.is_empty());
+
+    let (_, other_mobile) = hub.alive(1);
+    let m = ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("TRK-OK-0001", &nc, &other_mobile))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!m.matched, "someone else's mobile must not match");
+
+    let id = CivilRegistryClient::new(ch.clone())
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-OK-0001", KYC),
+            national_code: nc.clone(),
+            fields: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let person = hub.dataset.person(&nc).expect("person in dataset");
+    assert_eq!(id.national_code, nc);
+    assert_eq!(id.first_name, person.first_name);
+    assert_eq!(id.last_name, person.last_name);
+    assert_eq!(id.birth_date, person.birth_date);
+    assert!(!id.father_name.is_empty());
+
+    let samples = hub.samples();
+    let dead = samples["persons_deceased"][0]["national_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let death_date = samples["persons_deceased"][0]["death_date"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let life = CivilRegistryClient::new(ch.clone())
+        .get_life_status(GetLifeStatusRequest {
+            context: ctx("TRK-OK-0001", KYC),
+            national_code: dead,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!life.alive);
+    assert_eq!(life.death_date, death_date);
+
+    let le = samples["legal_entities"][0]["legal_entity_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tax = TaxClient::new(ch.clone())
+        .get_taxpayer(GetTaxpayerRequest {
+            context: ctx("TRK-OK-0001", CREDIT),
+            subject: Some(Subject::LegalEntityId(le)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!tax.name.is_empty());
+    assert!(["active", "suspended", "closed"].contains(&tax.status.as_str()));
+    hub.stop().await;
+}
+
+/// An agency with no grant for a service is denied, and the message names the grant.
+#[tokio::test]
+async fn agency_without_grant_is_denied() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    let err = ShahkarClient::new(hub.channel("rcs").await)
+        .match_mobile(match_req("TRK-DENY-001", &nc, &mobile))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("rcs"), "{}", err.message());
+    assert!(
+        err.message().contains("cra.shahkar.match"),
+        "{}",
+        err.message()
+    );
+
+    // moe may use Shahkar, but not the civil registry.
+    let err = CivilRegistryClient::new(hub.channel("moe").await)
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-DENY-001", KYC),
+            national_code: nc,
+            fields: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    hub.stop().await;
+}
+
+/// A grant limited to some identity fields never returns the others, even when asked (R8).
+#[tokio::test]
+async fn field_limited_grant_returns_only_granted_fields() {
+    let hub = TestHub::start().await;
+    let ch = hub.channel("moh").await;
+    let (nc, _) = hub.alive(2);
+    let id = CivilRegistryClient::new(ch.clone())
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-MIN-0001", PATIENT),
+            national_code: nc.clone(),
+            fields: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        id.fields_returned,
+        ["national_code", "first_name", "last_name"]
+    );
+    assert!(!id.first_name.is_empty());
+    assert!(id.birth_date.is_empty() && id.father_name.is_empty() && id.gender.is_empty());
+    assert!(id.birth_place.is_empty() && id.shenasnameh_no.is_empty());
+
+    // Through the generic path the record holds only the granted keys.
+    let resp = InquiryClient::new(ch.clone())
+        .inquire(InquireRequest {
+            context: ctx("TRK-MIN-0001", PATIENT),
+            service: "nocr.identity".into(),
+            params: [("national_code".to_string(), nc.clone())].into(),
+            fields: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keys: Vec<_> = resp.records[0].fields.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["first_name", "last_name", "national_code"]);
+
+    // Asking explicitly for an ungranted field is refused, not silently widened.
+    let err = CivilRegistryClient::new(ch)
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-MIN-0001", PATIENT),
+            national_code: nc,
+            fields: vec!["first_name".into(), "birth_date".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("birth_date"), "{}", err.message());
+    hub.stop().await;
+}
+
+/// Bad identifiers and a missing tracking code are INVALID_ARGUMENT naming the field.
+#[tokio::test]
+async fn bad_input_names_the_field() {
+    let hub = TestHub::start().await;
+    let ch = hub.channel("cbi").await;
+    let (nc, mobile) = hub.alive(0);
+    // Flip the check digit.
+    let mut bad_nc = nc.clone();
+    let last = bad_nc.pop().unwrap().to_digit(10).unwrap();
+    bad_nc.push(char::from_digit((last + 1) % 10, 10).unwrap());
+    let err = ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("TRK-BAD-0001", &bad_nc, &mobile))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["params.national_code"]);
+
+    let err = ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("TRK-BAD-0001", &nc, "0912345"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["params.mobile"]);
+
+    let err = ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("", &nc, &mobile))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["context.tracking_code"]);
+
+    let err = InquiryClient::new(ch)
+        .inquire(InquireRequest {
+            context: ctx("TRK-BAD-0001", KYC),
+            service: "post.address".into(),
+            params: Default::default(),
+            fields: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    hub.stop().await;
+}
+
+/// A stopped provider gives UNAVAILABLE naming it, without waiting for the deadline.
+#[tokio::test]
+async fn provider_down_is_unavailable_quickly() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    hub.sims.shahkar.shutdown().await;
+    let mut req = tonic::Request::new(match_req("TRK-DOWN-001", &nc, &mobile));
+    req.set_timeout(Duration::from_secs(20));
+    let started = Instant::now();
+    let err = ShahkarClient::new(hub.channel("cbi").await)
+        .match_mobile(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("cra"), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refused connection must not wait for the caller's 20 s deadline"
+    );
+    hub.stop().await;
+}
+
+/// A caller deadline shorter than the provider's delay gives DEADLINE_EXCEEDED naming it.
+#[tokio::test]
+async fn caller_deadline_shorter_than_provider_delay() {
+    let hub = TestHub::start().await;
+    let (nc, _) = hub.alive(0);
+    hub.sims.civil_registry.set_delay(Duration::from_secs(2));
+    let mut req = tonic::Request::new(GetLifeStatusRequest {
+        context: ctx("TRK-SLOW-001", KYC),
+        national_code: nc,
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let err = CivilRegistryClient::new(hub.channel("cbi").await)
+        .get_life_status(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("nocr"), "{}", err.message());
+    hub.stop().await;
+}
+
+/// InquireMany with one provider down still returns the other providers' results.
+#[tokio::test]
+async fn inquire_many_returns_partial_results() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    hub.sims.tax.shutdown().await;
+    let item = |service: &str, params: Vec<(&str, &str)>| InquireRequest {
+        context: ctx(
+            "TRK-MANY-001",
+            if service == "inta.taxpayer" {
+                CREDIT
+            } else {
+                KYC
+            },
+        ),
+        service: service.into(),
+        params: params
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        fields: vec![],
+    };
+    let resp = InquiryClient::new(hub.channel("cbi").await)
+        .inquire_many(InquireManyRequest {
+            items: vec![
+                item(
+                    "cra.shahkar.match",
+                    vec![("national_code", &nc), ("mobile", &mobile)],
+                ),
+                item("inta.taxpayer", vec![("national_code", &nc)]),
+                item("nocr.life-status", vec![("national_code", &nc)]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.items.len(), 3);
+    let codes: Vec<i32> = resp
+        .items
+        .iter()
+        .map(|i| i.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, [0, Code::Unavailable as i32, 0]);
+    assert_eq!(
+        resp.items[0].response.as_ref().unwrap().records[0].fields["matched"],
+        "true"
+    );
+    assert_eq!(
+        resp.items[2].response.as_ref().unwrap().records[0].fields["alive"],
+        "true"
+    );
+    assert!(resp.items[1]
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("inta"));
+    hub.stop().await;
+}
+
+/// Trace shows the owning agency every stage of its tracking code, and another agency nothing.
+#[tokio::test]
+async fn trace_is_visible_only_to_its_agency() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    let cbi = hub.channel("cbi").await;
+    ShahkarClient::new(cbi.clone())
+        .match_mobile(match_req("TRK-TRACE-01", &nc, &mobile))
+        .await
+        .unwrap();
+    CivilRegistryClient::new(cbi.clone())
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-TRACE-01", KYC),
+            national_code: nc.clone(),
+            fields: vec!["no_such_field".into()],
+        })
+        .await
+        .unwrap_err();
+    // moe uses the same tracking code for its own inquiry.
+    ShahkarClient::new(hub.channel("moe").await)
+        .match_mobile(match_req_for("TRK-TRACE-01", MOE_PURPOSE, &nc, &mobile))
+        .await
+        .unwrap();
+
+    let trail = InquiryClient::new(cbi)
+        .trace(TraceRequest {
+            tracking_code: "TRK-TRACE-01".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<(&str, &str)> = trail
+        .entries
+        .iter()
+        .map(|e| (e.service.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("cra.shahkar.match", "ok"), ("nocr.identity", "denied")]
+    );
+    assert!(trail.entries.iter().all(|e| e.agency == "cbi"));
+    assert_eq!(trail.latest_outcome, "denied");
+
+    let other = InquiryClient::new(hub.channel("ihio").await)
+        .trace(TraceRequest {
+            tracking_code: "TRK-TRACE-01".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        other.entries.is_empty(),
+        "ihio must see nothing of cbi's or moe's trail"
+    );
+
+    let moe = InquiryClient::new(hub.channel("moe").await)
+        .trace(TraceRequest {
+            tracking_code: "TRK-TRACE-01".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moe.entries.len(), 1);
+    assert_eq!(moe.entries[0].agency, "moe");
+
+    // The hash chain over everything written holds.
+    assert_eq!(hub.handle.hub.audit().verify().unwrap(), 3);
+    hub.stop().await;
+}
+
+/// ListServices shows an agency exactly its grants, with fields and approval.
+#[tokio::test]
+async fn list_services_shows_own_grants() {
+    let hub = TestHub::start().await;
+    let moh = InquiryClient::new(hub.channel("moh").await)
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moh.agency, "moh");
+    let identity = moh
+        .services
+        .iter()
+        .find(|s| s.service == "nocr.identity")
+        .expect("moh has nocr.identity");
+    assert_eq!(
+        identity.fields,
+        ["national_code", "first_name", "last_name"]
+    );
+    assert!(!identity.approved.is_empty());
+    assert!(!moh
+        .services
+        .iter()
+        .any(|s| s.service == "cra.shahkar.match"));
+
+    let rcs = InquiryClient::new(hub.channel("rcs").await)
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rcs.services.is_empty());
+    hub.stop().await;
+}

@@ -1,0 +1,749 @@
+//! Loading the policy directory: reads the four YAML files, deserializes every item on its
+//! own, checks cross-references, and reports every problem at once as
+//! `file:line:column: message`, pointing at the offending node.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::model::{Agency, Grant, Rate, Service, Subscription};
+use crate::yaml::{self, Node, Step};
+
+/// File names inside a policy directory.
+pub const AGENCIES_FILE: &str = "agencies.yaml";
+/// The service catalog.
+pub const SERVICES_FILE: &str = "services.yaml";
+/// Grants of services to agencies.
+pub const GRANTS_FILE: &str = "grants.yaml";
+/// Event subscriptions (optional file).
+pub const SUBSCRIPTIONS_FILE: &str = "subscriptions.yaml";
+
+/// One problem in a policy file, positioned at the offending node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file, as the directory path given to the loader joined with the file name.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// A sentence saying what is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Every problem found while loading a policy; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl PolicyErrors {
+    /// The individual errors, in file then line order.
+    pub fn iter(&self) -> std::slice::Iter<'_, PolicyError> {
+        self.0.iter()
+    }
+
+    /// How many problems were found.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false for errors returned by the loader.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+impl<'a> IntoIterator for &'a PolicyErrors {
+    type Item = &'a PolicyError;
+    type IntoIter = std::slice::Iter<'a, PolicyError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// The validated content of a policy directory, before compilation into a `Policy`.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySource {
+    /// `agencies.yaml`.
+    pub agencies: Vec<Agency>,
+    /// `services.yaml`.
+    pub services: Vec<Service>,
+    /// `grants.yaml`.
+    pub grants: Vec<Grant>,
+    /// `subscriptions.yaml` (empty when the file is absent).
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Reads and validates the policy directory `dir`.
+pub fn load_dir(dir: &Path) -> Result<PolicySource, PolicyErrors> {
+    let read = |name: &str, optional: bool| -> Result<Option<String>, PolicyError> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PolicyError {
+                file: path,
+                line: 1,
+                column: 1,
+                message: format!("cannot read the file: {e}"),
+            }),
+        }
+    };
+    let mut io_errors = Vec::new();
+    let mut texts: [Option<String>; 4] = Default::default();
+    for (slot, (name, optional)) in texts.iter_mut().zip([
+        (AGENCIES_FILE, false),
+        (SERVICES_FILE, false),
+        (GRANTS_FILE, false),
+        (SUBSCRIPTIONS_FILE, true),
+    ]) {
+        match read(name, optional) {
+            Ok(t) => *slot = t,
+            Err(e) => io_errors.push(e),
+        }
+    }
+    let [a, s, g, sub] = texts;
+    let mut result = load_sources(
+        dir,
+        Sources {
+            agencies: a.as_deref(),
+            services: s.as_deref(),
+            grants: g.as_deref(),
+            subscriptions: sub.as_deref(),
+        },
+    );
+    if !io_errors.is_empty() {
+        let mut all = io_errors;
+        if let Err(PolicyErrors(more)) = result {
+            all.extend(more);
+        }
+        result = Err(PolicyErrors(all));
+    }
+    result
+}
+
+/// The text of the four policy files; `None` means the file is absent (an error except
+/// for subscriptions, which then default to none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// Text of `agencies.yaml`.
+    pub agencies: Option<&'a str>,
+    /// Text of `services.yaml`.
+    pub services: Option<&'a str>,
+    /// Text of `grants.yaml`.
+    pub grants: Option<&'a str>,
+    /// Text of `subscriptions.yaml`.
+    pub subscriptions: Option<&'a str>,
+}
+
+/// Validates policy text; errors name files as `dir.join(file name)`. Missing required
+/// sources are expected to have been reported by the caller (see [`load_dir`]).
+pub fn load_sources(dir: &Path, src: Sources<'_>) -> Result<PolicySource, PolicyErrors> {
+    let mut cx = Checker::default();
+    let agencies = cx.file::<Agency>(dir, AGENCIES_FILE, "agencies", src.agencies);
+    let services = cx.file::<Service>(dir, SERVICES_FILE, "services", src.services);
+    let grants = cx.file::<Grant>(dir, GRANTS_FILE, "grants", src.grants);
+    let subs = cx.file::<Subscription>(dir, SUBSCRIPTIONS_FILE, "subscriptions", src.subscriptions);
+
+    cx.check_agencies(&agencies);
+    cx.check_services(&services, &agencies);
+    cx.check_grants(&grants, &services, &agencies);
+    cx.check_subscriptions(&subs, &agencies);
+
+    if cx.errors.is_empty() {
+        Ok(PolicySource {
+            agencies: agencies.into_items(),
+            services: services.into_items(),
+            grants: grants.into_items(),
+            subscriptions: subs.into_items(),
+        })
+    } else {
+        // Stable: keeps discovery order among errors on the same node.
+        let order = |f: &Path| {
+            [
+                AGENCIES_FILE,
+                SERVICES_FILE,
+                GRANTS_FILE,
+                SUBSCRIPTIONS_FILE,
+            ]
+            .iter()
+            .position(|n| f.file_name().is_some_and(|x| x == *n))
+        };
+        cx.errors.sort_by(|a, b| {
+            (order(&a.file), a.line, a.column).cmp(&(order(&b.file), b.line, b.column))
+        });
+        Err(PolicyErrors(cx.errors))
+    }
+}
+
+/// One parsed file: its items (with their index in the list) and positions.
+struct Loaded<T> {
+    file: PathBuf,
+    key: &'static str,
+    root: Option<Node>,
+    /// Items that deserialized, with their index in the YAML list.
+    items: Vec<(usize, T)>,
+    /// False when the file could not be parsed at all; cross-references into it are then
+    /// not checked, to avoid a cascade of follow-on errors.
+    usable: bool,
+    /// Ids (or `agency`/`service` names) of items that failed to deserialize.
+    broken_ids: HashSet<String>,
+}
+
+impl<T> Loaded<T> {
+    fn into_items(self) -> Vec<T> {
+        self.items.into_iter().map(|(_, t)| t).collect()
+    }
+
+    fn item_path<'p>(&self, index: usize, rest: &[Step<'p>]) -> Vec<Step<'p>>
+    where
+        'static: 'p,
+    {
+        let mut p = vec![Step::Key(self.key), Step::Index(index)];
+        p.extend_from_slice(rest);
+        p
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    errors: Vec<PolicyError>,
+}
+
+impl Checker {
+    fn push<T>(&mut self, l: &Loaded<T>, path: &[Step<'_>], message: String) {
+        let pos = l.root.as_ref().map(|r| r.pos_of(path)).unwrap_or_default();
+        self.errors.push(PolicyError {
+            file: l.file.clone(),
+            line: pos.line.max(1),
+            column: pos.column.max(1),
+            message,
+        });
+    }
+
+    fn at<T>(&mut self, l: &Loaded<T>, index: usize, rest: &[Step<'_>], message: String) {
+        let path = l.item_path(index, rest);
+        self.push(l, &path, message);
+    }
+
+    fn file<T: DeserializeOwned>(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        key: &'static str,
+        text: Option<&str>,
+    ) -> Loaded<T> {
+        let mut l = Loaded {
+            file: dir.join(name),
+            key,
+            root: None,
+            items: Vec::new(),
+            usable: text.is_some(),
+            broken_ids: HashSet::new(),
+        };
+        let Some(text) = text else { return l };
+        match yaml::parse(text) {
+            Err(e) => {
+                l.usable = false;
+                self.errors.push(PolicyError {
+                    file: l.file.clone(),
+                    line: e.pos.line.max(1),
+                    column: e.pos.column.max(1),
+                    message: format!("YAML syntax error: {}", e.message),
+                });
+                return l;
+            }
+            Ok(root) => l.root = root,
+        }
+        let Some(root) = l.root.take() else {
+            return l; // empty file: no items
+        };
+        let list = match &root.kind {
+            yaml::Kind::Map(entries) => {
+                for (k, _) in entries {
+                    if k.as_str() != Some(key) {
+                        self.errors.push(PolicyError {
+                            file: l.file.clone(),
+                            line: k.pos.line,
+                            column: k.pos.column,
+                            message: format!(
+                                "unknown top-level key `{}`; this file has only `{key}:`",
+                                k.as_str().unwrap_or("?")
+                            ),
+                        });
+                    }
+                }
+                root.get(key)
+            }
+            _ => None,
+        };
+        match list.map(|n| &n.kind) {
+            Some(yaml::Kind::Seq(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match T::deserialize(item) {
+                        Ok(t) => l.items.push((i, t)),
+                        Err(e) => {
+                            let pos = e.pos.unwrap_or(item.pos);
+                            for id_key in ["id", "agency"] {
+                                if let Some(id) = item.get(id_key).and_then(Node::as_str) {
+                                    l.broken_ids.insert(id.to_owned());
+                                }
+                            }
+                            if let Some(s) = item.get("service").and_then(Node::as_str) {
+                                l.broken_ids.insert(s.to_owned());
+                            }
+                            self.errors.push(PolicyError {
+                                file: l.file.clone(),
+                                line: pos.line,
+                                column: pos.column,
+                                message: describe_item(key, item, &explain(&e.message)),
+                            });
+                        }
+                    }
+                }
+            }
+            Some(yaml::Kind::Scalar { value, .. })
+                if value.is_empty() || value == "~" || value == "null" => {}
+            _ => {
+                l.usable = false;
+                self.errors.push(PolicyError {
+                    file: l.file.clone(),
+                    line: root.pos.line.max(1),
+                    column: root.pos.column.max(1),
+                    message: format!("this file must be a mapping with one key `{key}:` holding a list (lines starting with `- `)"),
+                });
+            }
+        }
+        l.root = Some(root);
+        l
+    }
+
+    fn check_rate<T>(&mut self, l: &Loaded<T>, i: usize, rate: &Option<Rate>, who: &str) {
+        if let Some(r) = rate {
+            if r.per_second == 0 || r.burst == 0 {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("rate")],
+                    format!("{who}: rate per_second and burst must both be at least 1 (to forbid access, remove the grant instead)"),
+                );
+            }
+        }
+    }
+
+    fn check_agencies(&mut self, l: &Loaded<Agency>) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut cns: HashMap<&str, &str> = HashMap::new();
+        for (i, a) in &l.items {
+            let who = format!("agency {}", a.id);
+            if !is_slug(&a.id) {
+                self.at(
+                    l,
+                    *i,
+                    &[Step::Key("id")],
+                    format!(
+                        "agency id `{}` must be lowercase letters, digits and `-`",
+                        a.id
+                    ),
+                );
+            }
+            if let Some(first) = ids.insert(&a.id, *i) {
+                let line = l
+                    .root
+                    .as_ref()
+                    .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
+                self.at(
+                    l,
+                    *i,
+                    &[Step::Key("id")],
+                    format!(
+                        "agency id `{}` is defined twice (first on line {line})",
+                        a.id
+                    ),
+                );
+            }
+            if let Some(other) = cns.insert(&a.certificate.common_name, &a.id) {
+                self.at(
+                    l,
+                    *i,
+                    &[Step::Key("certificate"), Step::Key("common_name")],
+                    format!(
+                        "{who}: certificate common name `{}` is already used by agency {other}",
+                        a.certificate.common_name
+                    ),
+                );
+            }
+            self.check_rate(l, *i, &a.rate, &who);
+            let mut seen = HashSet::new();
+            for (j, ev) in a.publishes.iter().enumerate() {
+                if !seen.insert(ev) {
+                    self.at(
+                        l,
+                        *i,
+                        &[Step::Key("publishes"), Step::Index(j)],
+                        format!("{who}: event type `{ev}` is listed twice"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_services(&mut self, l: &Loaded<Service>, agencies: &Loaded<Agency>) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut nsids: HashMap<&str, &str> = HashMap::new();
+        for (i, s) in &l.items {
+            let i = *i;
+            let who = format!("service {}", s.id);
+            if let Some(first) = ids.insert(&s.id, i) {
+                let line = l
+                    .root
+                    .as_ref()
+                    .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("id")],
+                    format!(
+                        "service id `{}` is defined twice (first on line {line})",
+                        s.id
+                    ),
+                );
+            }
+            if s.national_service_id.trim().is_empty() {
+                self.at(l, i, &[Step::Key("national_service_id")], format!("{who}: national_service_id is empty; every service needs its catalog id (R9)"));
+            } else if let Some(other) = nsids.insert(&s.national_service_id, &s.id) {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("national_service_id")],
+                    format!(
+                        "{who}: national service id `{}` is already used by service {other}",
+                        s.national_service_id
+                    ),
+                );
+            }
+            if agencies.usable && !has_agency(agencies, &s.provider) {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("provider")],
+                    format!(
+                        "{who}: provider `{}` is not an agency in agencies.yaml",
+                        s.provider
+                    ),
+                );
+            }
+            let mut names = HashSet::new();
+            for (j, inp) in s.inputs.iter().enumerate() {
+                if !names.insert(inp.name.as_str()) {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("inputs"), Step::Index(j), Step::Key("name")],
+                        format!("{who}: input `{}` is listed twice", inp.name),
+                    );
+                }
+            }
+            for (g, group) in s.one_of.iter().enumerate() {
+                if group.len() < 2 {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("one_of"), Step::Index(g)],
+                        format!("{who}: a one_of group needs at least two inputs"),
+                    );
+                }
+                for (j, name) in group.iter().enumerate() {
+                    let path = [Step::Key("one_of"), Step::Index(g), Step::Index(j)];
+                    match s.inputs.iter().find(|x| &x.name == name) {
+                        None => self.at(l, i, &path, format!(
+                            "{who}: one_of names `{name}`, which is not an input (inputs: {})",
+                            s.input_names().collect::<Vec<_>>().join(", ")
+                        )),
+                        Some(x) if x.required => self.at(l, i, &path, format!(
+                            "{who}: input `{name}` is in a one_of group, so it cannot also be required: true"
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            if s.outputs.is_empty() {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("outputs")],
+                    format!("{who}: list at least one output"),
+                );
+            }
+            let mut outs = HashSet::new();
+            for (j, o) in s.outputs.iter().enumerate() {
+                if !outs.insert(o) {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("outputs"), Step::Index(j)],
+                        format!("{who}: output `{o}` is listed twice"),
+                    );
+                }
+            }
+            for (j, w) in s.maintenance.iter().enumerate() {
+                if w.from >= w.until {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("maintenance"), Step::Index(j), Step::Key("until")],
+                        format!(
+                            "{who}: maintenance window ends ({}) before it starts ({})",
+                            w.until, w.from
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_grants(
+        &mut self,
+        l: &Loaded<Grant>,
+        services: &Loaded<Service>,
+        agencies: &Loaded<Agency>,
+    ) {
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, g) in &l.items {
+            let i = *i;
+            let who = format!("grant {} → {}", g.agency, g.service);
+            if agencies.usable && !has_agency(agencies, &g.agency) {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("agency")],
+                    format!(
+                        "{who}: agency `{}` is not defined in agencies.yaml",
+                        g.agency
+                    ),
+                );
+            }
+            let service = services
+                .items
+                .iter()
+                .map(|(_, s)| s)
+                .find(|s| s.id == g.service);
+            match service {
+                None if services.usable && !services.broken_ids.contains(&g.service) => {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("service")],
+                        format!(
+                            "{who}: service `{}` is not in the catalog (services.yaml)",
+                            g.service
+                        ),
+                    );
+                }
+                None => {}
+                Some(s) => {
+                    for (j, f) in g.fields.iter().enumerate() {
+                        if !s.outputs.contains(f) {
+                            self.at(
+                                l,
+                                i,
+                                &[Step::Key("fields"), Step::Index(j)],
+                                format!(
+                                "{who}: field `{f}` is not an output of service {} (outputs: {})",
+                                s.id,
+                                s.outputs.join(", ")
+                            ),
+                            );
+                        }
+                    }
+                }
+            }
+            if g.fields.is_empty() {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("fields")],
+                    format!("{who}: list the fields the agency may receive (at least one)"),
+                );
+            }
+            let mut fs = HashSet::new();
+            for (j, f) in g.fields.iter().enumerate() {
+                if !fs.insert(f) {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("fields"), Step::Index(j)],
+                        format!("{who}: field `{f}` is listed twice"),
+                    );
+                }
+            }
+            if g.purposes.is_empty() {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("purposes")],
+                    format!("{who}: list at least one purpose the agency may state"),
+                );
+            }
+            for (j, p) in g.purposes.iter().enumerate() {
+                if !is_slug(p) {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("purposes"), Step::Index(j)],
+                        format!("{who}: purpose `{p}` must be lowercase letters, digits and `-`"),
+                    );
+                }
+            }
+            if let Some(first) = seen.insert((&g.agency, &g.service), i) {
+                let line = l
+                    .root
+                    .as_ref()
+                    .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
+                self.at(l, i, &[], format!("{who}: this agency already has a grant for this service (line {line}); merge them into one"));
+            }
+            if let (Some(from), Some(until)) = (g.valid_from, g.valid_until) {
+                if from > until {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("valid_until")],
+                        format!("{who}: valid_until {until} is before valid_from {from}"),
+                    );
+                }
+            }
+            self.check_rate(l, i, &g.rate, &who);
+        }
+    }
+
+    fn check_subscriptions(&mut self, l: &Loaded<Subscription>, agencies: &Loaded<Agency>) {
+        let published: HashSet<&str> = agencies
+            .items
+            .iter()
+            .flat_map(|(_, a)| a.publishes.iter().map(String::as_str))
+            .collect();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in &l.items {
+            let i = *i;
+            let who = format!("subscription of {}", s.agency);
+            if agencies.usable && !has_agency(agencies, &s.agency) {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("agency")],
+                    format!(
+                        "{who}: agency `{}` is not defined in agencies.yaml",
+                        s.agency
+                    ),
+                );
+            }
+            if let Some(first) = seen.insert(&s.agency, i) {
+                let line = l
+                    .root
+                    .as_ref()
+                    .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
+                self.at(l, i, &[Step::Key("agency")], format!("{who}: this agency already has a subscription (line {line}); merge them into one"));
+            }
+            if s.event_types.is_empty() {
+                self.at(
+                    l,
+                    i,
+                    &[Step::Key("event_types")],
+                    format!("{who}: list at least one event type"),
+                );
+            }
+            for (j, ev) in s.event_types.iter().enumerate() {
+                if agencies.usable
+                    && agencies.broken_ids.is_empty()
+                    && !published.contains(ev.as_str())
+                {
+                    let mut known: Vec<_> = published.iter().copied().collect();
+                    known.sort_unstable();
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("event_types"), Step::Index(j)],
+                        format!(
+                            "{who}: no agency publishes event type `{ev}` (published: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn has_agency(agencies: &Loaded<Agency>, id: &str) -> bool {
+    agencies.broken_ids.contains(id) || agencies.items.iter().any(|(_, a)| a.id == id)
+}
+
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Prefixes a deserialization error with the item it belongs to, when it can be named.
+fn describe_item(key: &str, item: &Node, message: &str) -> String {
+    let s = |k: &str| item.get(k).and_then(Node::as_str);
+    let who = match key {
+        "agencies" => s("id").map(|id| format!("agency {id}")),
+        "services" => s("id").map(|id| format!("service {id}")),
+        "grants" => match (s("agency"), s("service")) {
+            (Some(a), Some(sv)) => Some(format!("grant {a} → {sv}")),
+            _ => None,
+        },
+        "subscriptions" => s("agency").map(|a| format!("subscription of {a}")),
+        _ => None,
+    };
+    match who {
+        Some(w) => format!("{w}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+/// Turns serde's wording into advice where it helps.
+fn explain(message: &str) -> String {
+    if message == "missing field `approved`" {
+        return "missing `approved:`; every grant and subscription must cite its working-group approval as { body, session, date, item } (R1)".to_owned();
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return format!("unknown value {rest}");
+    }
+    message.to_owned()
+}

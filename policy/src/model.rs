@@ -1,0 +1,382 @@
+//! The policy model as the working group writes it: agencies, the service catalog, grants
+//! and subscriptions. See `policy/national/README.md` for the file format.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::ids;
+use crate::jalali::{JalaliDate, JalaliDateTime};
+
+/// A government agency or bank connected to the hub (`agencies.yaml`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agency {
+    /// Short stable id used everywhere in policy, e.g. `cbi`.
+    pub id: String,
+    /// Official Persian name.
+    pub name_fa: String,
+    /// English name.
+    pub name_en: String,
+    /// How a verified client certificate maps to this agency.
+    pub certificate: CertificateMatch,
+    /// Optional overall quota for everything this agency calls.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Event types this agency may publish, e.g. `death.v1`.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+}
+
+/// Certificate match rule: the subject common name of the agency's client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateMatch {
+    /// Exact subject CN, e.g. `cbi.agency.tabadol.ir`.
+    pub common_name: String,
+}
+
+/// A token-bucket quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Largest burst above the sustained rate.
+    pub burst: u32,
+}
+
+/// Which adapter of the `tabadol-adapters` crate serves a provider service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterKind {
+    /// CRA's Shahkar (mobile ↔ national code match).
+    Shahkar,
+    /// NOCR civil registry (identity, life status).
+    CivilRegistry,
+    /// Iran National Tax Administration.
+    Tax,
+}
+
+impl AdapterKind {
+    /// The name used in `services.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Shahkar => "shahkar",
+            AdapterKind::CivilRegistry => "civil-registry",
+            AdapterKind::Tax => "tax",
+        }
+    }
+}
+
+/// A provider service in the catalog (`services.yaml`), defined by inputs and outputs (R2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Catalog id, e.g. `cra.shahkar.match`.
+    pub id: String,
+    /// National service id from the service catalog (R9).
+    pub national_service_id: String,
+    /// Id of the provider agency.
+    pub provider: String,
+    /// Adapter that reaches the provider.
+    pub adapter: AdapterKind,
+    /// Operation of the adapter, e.g. `match-mobile`.
+    pub operation: String,
+    /// Persian title.
+    pub title_fa: String,
+    /// English title.
+    pub title_en: String,
+    /// Accepted inputs.
+    pub inputs: Vec<InputSpec>,
+    /// Groups of inputs of which exactly one must be given.
+    #[serde(default)]
+    pub one_of: Vec<Vec<String>>,
+    /// Output fields, in the order answers list them.
+    pub outputs: Vec<String>,
+    /// Planned maintenance windows (R14).
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceWindow>,
+}
+
+/// One input of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Parameter name.
+    pub name: String,
+    /// What kind of value; decides validation.
+    pub kind: InputKind,
+    /// Whether the parameter must always be given (default false).
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// The kind of an input value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// 10-digit national code with check digit.
+    NationalCode,
+    /// 11-digit legal-entity national id with check digit.
+    LegalEntityId,
+    /// `09` + 9 digits.
+    Mobile,
+    /// 10 digits.
+    PostalCode,
+    /// Free text (non-empty).
+    Text,
+}
+
+impl InputKind {
+    /// Validates a value of this kind.
+    pub fn validate(self, value: &str) -> Result<(), String> {
+        let r = match self {
+            InputKind::NationalCode => ids::validate_national_code(value),
+            InputKind::LegalEntityId => ids::validate_legal_entity_id(value),
+            InputKind::Mobile => ids::validate_mobile(value),
+            InputKind::PostalCode => ids::validate_postal_code(value),
+            InputKind::Text => {
+                return if value.trim().is_empty() {
+                    Err("must not be empty".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// A planned outage, in Tehran wall-clock time.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// Start, e.g. `1405/09/01 02:00`.
+    pub from: JalaliDateTime,
+    /// End (exclusive).
+    pub until: JalaliDateTime,
+    /// What is announced to consumers.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A parameter that failed validation; maps to one gRPC `BadRequest` field violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The parameter name (or the `a|b` group for one-of violations).
+    pub field: String,
+    /// A sentence saying what is wrong.
+    pub description: String,
+}
+
+impl Service {
+    /// Checks request parameters against the catalog schema: required inputs present,
+    /// unknown parameters rejected, values validated by kind, one-of groups given exactly
+    /// once. Returns every violation, not only the first.
+    pub fn validate_params(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), Vec<FieldViolation>> {
+        let mut out = Vec::new();
+        for (name, value) in params {
+            match self.inputs.iter().find(|i| &i.name == name) {
+                None => out.push(FieldViolation {
+                    field: name.clone(),
+                    description: format!(
+                        "service {} has no input `{name}` (inputs: {})",
+                        self.id,
+                        self.input_names().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+                Some(spec) => {
+                    if let Err(e) = spec.kind.validate(value) {
+                        out.push(FieldViolation {
+                            field: name.clone(),
+                            description: e,
+                        });
+                    }
+                }
+            }
+        }
+        for spec in self.inputs.iter().filter(|i| i.required) {
+            if !params.contains_key(&spec.name) {
+                out.push(FieldViolation {
+                    field: spec.name.clone(),
+                    description: format!("`{}` is required by service {}", spec.name, self.id),
+                });
+            }
+        }
+        for group in &self.one_of {
+            let given = group.iter().filter(|g| params.contains_key(*g)).count();
+            if given != 1 {
+                let names = group.join(" or ");
+                out.push(FieldViolation {
+                    field: group.join("|"),
+                    description: if given == 0 {
+                        format!("give one of {names}")
+                    } else {
+                        format!("give only one of {names}, not {given}")
+                    },
+                });
+            }
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Names of the inputs, in catalog order.
+    pub fn input_names(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|i| i.name.as_str())
+    }
+
+    /// The maintenance window in force at `at`, if any.
+    pub fn maintenance_at(&self, at: jiff::Timestamp) -> Option<&MaintenanceWindow> {
+        self.maintenance
+            .iter()
+            .find(|w| w.from.to_timestamp() <= at && at < w.until.to_timestamp())
+    }
+}
+
+/// A working-group approval that a grant or subscription cites (R1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Approving body, e.g. `interoperability-working-group`.
+    pub body: String,
+    /// Session number, e.g. 26.
+    pub session: u32,
+    /// Session date (Jalali).
+    pub date: JalaliDate,
+    /// Item of the session's resolutions, as written, e.g. `"1.3"`.
+    pub item: String,
+    /// Free-text remark, e.g. where the grant is derived from a mandate rather than listed.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Access of one consumer agency to one provider service (`grants.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Consumer agency id.
+    pub agency: String,
+    /// Service id.
+    pub service: String,
+    /// Output fields the agency may receive (R8), a subset of the service's outputs.
+    pub fields: Vec<String>,
+    /// Purposes the agency may state.
+    pub purposes: Vec<String>,
+    /// Optional quota for this grant.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// First day (inclusive, Tehran time) the grant is valid.
+    #[serde(default)]
+    pub valid_from: Option<JalaliDate>,
+    /// Last day (inclusive, Tehran time) the grant is valid.
+    #[serde(default)]
+    pub valid_until: Option<JalaliDate>,
+    /// The approval this grant rests on.
+    pub approved: Approval,
+}
+
+/// An agency's subscription to published event types (`subscriptions.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Subscriber agency id.
+    pub agency: String,
+    /// Event types received, e.g. `death.v1`.
+    pub event_types: Vec<String>,
+    /// The approval this subscription rests on.
+    pub approved: Approval,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tax() -> Service {
+        Service {
+            id: "inta.taxpayer".into(),
+            national_service_id: "x".into(),
+            provider: "inta".into(),
+            adapter: AdapterKind::Tax,
+            operation: "get-taxpayer".into(),
+            title_fa: "x".into(),
+            title_en: "x".into(),
+            inputs: vec![
+                InputSpec {
+                    name: "national_code".into(),
+                    kind: InputKind::NationalCode,
+                    required: false,
+                },
+                InputSpec {
+                    name: "legal_entity_id".into(),
+                    kind: InputKind::LegalEntityId,
+                    required: false,
+                },
+            ],
+            one_of: vec![vec!["national_code".into(), "legal_entity_id".into()]],
+            outputs: vec!["status".into()],
+            maintenance: vec![],
+        }
+    }
+
+    fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A one-of group accepts exactly one member, with a valid value.
+    #[test]
+    fn one_of_exactly_once() {
+        let s = tax();
+        assert_eq!(
+            s.validate_params(&params(&[("national_code", "0012345679")])),
+            Ok(())
+        );
+        assert_eq!(
+            s.validate_params(&params(&[("legal_entity_id", "10100000006")])),
+            Ok(())
+        );
+        let none = s.validate_params(&params(&[])).unwrap_err();
+        assert_eq!(
+            none[0].description,
+            "give one of national_code or legal_entity_id"
+        );
+        let both = s
+            .validate_params(&params(&[
+                ("national_code", "0012345679"),
+                ("legal_entity_id", "10100000006"),
+            ]))
+            .unwrap_err();
+        assert_eq!(both.len(), 1);
+        assert_eq!(both[0].field, "national_code|legal_entity_id");
+    }
+
+    /// Unknown parameters, bad checksums and missing required inputs are all reported.
+    #[test]
+    fn all_violations_reported() {
+        let mut s = tax();
+        s.one_of.clear();
+        s.inputs[0].required = true;
+        let v = s
+            .validate_params(&params(&[
+                ("mobile", "09121234567"),
+                ("legal_entity_id", "10100000005"),
+            ]))
+            .unwrap_err();
+        let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["legal_entity_id", "mobile", "national_code"]);
+        assert_eq!(
+            v[0].description,
+            "legal-entity national id check digit is wrong (expected 6)"
+        );
+        assert!(v[1].description.contains("has no input `mobile`"));
+    }
+}
