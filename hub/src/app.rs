@@ -15,13 +15,19 @@ use tokio::task::JoinHandle;
 
 use crate::audit::{Audit, AuditOptions};
 use crate::config::Config;
+use crate::grpc::events::EventsService;
+use crate::outbox::Outbox;
 use crate::pipeline::Hub;
+use crate::relay::{RelayHandle, RelayOptions};
 use crate::tls::{server_config, TlsFiles};
+use crate::tokens::Tokens;
 
 /// A hub serving on a socket.
 pub struct HubHandle {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
+    pub outbox: Arc<Outbox>,
+    pub relay: Option<RelayHandle>,
     pub db: sled::Db,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -34,6 +40,9 @@ impl HubHandle {
             let _ = tx.send(());
         }
         let result = self.task.await.context("server task panicked")?;
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await;
+        }
         self.db.flush_async().await?;
         result
     }
@@ -93,15 +102,48 @@ pub async fn start(
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
     let hub = Arc::new(hub);
+    let outbox = Arc::new(Outbox::open(&db)?);
+    let tokens = Arc::new(Tokens::open(&db)?);
+    let relay = match &cfg.kafka {
+        Some(k) => {
+            let mut opts = RelayOptions::new(k.brokers.clone());
+            opts.message_timeout = Duration::from_millis(k.message_timeout_ms);
+            Some(crate::relay::spawn(
+                opts,
+                outbox.clone(),
+                tokens.clone(),
+                hub.clone(),
+            )?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        message = "outbox open",
+        outbox_last_sequence = outbox.last_seq(),
+        kafka = cfg
+            .kafka
+            .as_ref()
+            .map(|k| k.brokers.as_str())
+            .unwrap_or("off"),
+    );
+    let events = EventsService::new(hub.clone(), outbox.clone(), tokens.clone());
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::run(listener, tls, hub.clone(), async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(crate::server::run(
+        listener,
+        tls,
+        hub.clone(),
+        events,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     tracing::info!(message = "hub listening", %addr);
     Ok(HubHandle {
         addr,
         hub,
+        outbox,
+        relay,
         db,
         shutdown: Some(tx),
         task,

@@ -39,6 +39,15 @@ pub enum Command {
         /// Policy directory (default: policy/national when present, else the embedded copy).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Relay published events to this Kafka broker (HOST:PORT); without it no Kafka
+        /// is needed and events are served through Events/Subscribe.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Let the civil-registry simulator publish (as `nocr`, through Events/Publish) a
+        /// death or an identity change of a sample person every SECONDS, so subscribers
+        /// see live events.
+        #[arg(long, value_name = "SECONDS")]
+        simulate_events: Option<f64>,
     },
     /// Development PKI.
     #[command(subcommand)]
@@ -147,11 +156,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             listen,
             policy,
+            kafka,
+            simulate_events,
         } => {
+            let simulate_events = match simulate_events {
+                Some(s) if !(s.is_finite() && s >= 0.05) => anyhow::bail!(
+                    "--simulate-events {s}: give the interval in seconds, at least 0.05"
+                ),
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
             let opts = crate::dev::DevOptions {
                 dir,
                 listen,
                 policy,
+                kafka,
+                simulate_events,
             };
             let env = crate::dev::prepare(&opts).await?;
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

@@ -25,6 +25,10 @@ pub struct Config {
     /// Audit log settings.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Kafka relay of published events; without it events are served only through
+    /// `Events/Subscribe`.
+    #[serde(default)]
+    pub kafka: Option<KafkaSection>,
     /// Deadline applied when a caller sets none, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub default_deadline_ms: u64,
@@ -66,6 +70,21 @@ pub struct ProviderSection {
 
 fn default_provider_timeout_ms() -> u64 {
     3_000
+}
+
+/// Kafka relay settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, e.g. `kafka-1:9092,kafka-2:9092`.
+    pub brokers: String,
+    /// How long librdkafka tries one delivery before the relay retries it itself, ms.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+}
+
+fn default_message_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Audit settings.
@@ -165,6 +184,11 @@ impl Config {
                         s.provider, s.id
                     ));
                 }
+            }
+        }
+        if let Some(k) = &self.kafka {
+            if k.brokers.trim().is_empty() {
+                errors.push("kafka.brokers: give at least one HOST:PORT".into());
             }
         }
         errors.dedup();

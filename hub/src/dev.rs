@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tabadol_adapters::simulators::{Dataset, Simulators};
 use tabadol_policy::Policy;
 
-use crate::config::{AuditSection, Config, ProviderSection, TlsSection};
+use crate::config::{AuditSection, Config, KafkaSection, ProviderSection, TlsSection};
 use crate::pki::{ensure_dev_pki, PkiLayout};
 
 /// The shipped national policy, embedded so `tabadol dev` runs from anywhere.
@@ -42,6 +42,10 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     /// Policy directory; `None` uses `policy/national` when present, else the embedded copy.
     pub policy: Option<PathBuf>,
+    /// Kafka bootstrap servers to relay events to (`--kafka HOST:PORT`).
+    pub kafka: Option<String>,
+    /// Interval of the simulated civil-registry event trickle (`--simulate-events`).
+    pub simulate_events: Option<std::time::Duration>,
 }
 
 /// Everything `tabadol dev` started.
@@ -124,6 +128,10 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         },
         providers,
         audit: AuditSection::default(),
+        kafka: opts.kafka.clone().map(|brokers| KafkaSection {
+            brokers,
+            message_timeout_ms: 30_000,
+        }),
         default_deadline_ms: 10_000,
     };
     let policy = config.validate()?;

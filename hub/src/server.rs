@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use tabadol_proto::v1::civil_registry_server::CivilRegistryServer;
+use tabadol_proto::v1::events_server::EventsServer;
 use tabadol_proto::v1::inquiry_server::InquiryServer;
 use tabadol_proto::v1::shahkar_server::ShahkarServer;
 use tabadol_proto::v1::tax_server::TaxServer;
 use tokio::net::TcpListener;
 
 use crate::grpc::civil_registry::CivilRegistryService;
+use crate::grpc::events::EventsService;
 use crate::grpc::inquiry::InquiryService;
 use crate::grpc::shahkar::ShahkarService;
 use crate::grpc::tax::TaxService;
@@ -25,6 +27,7 @@ pub async fn run(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     hub: Arc<Hub>,
+    events: EventsService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -34,6 +37,7 @@ pub async fn run(
         .set_serving::<CivilRegistryServer<CivilRegistryService>>()
         .await;
     health.set_serving::<TaxServer<TaxService>>().await;
+    health.set_serving::<EventsServer<EventsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -52,6 +56,7 @@ pub async fn run(
         .add_service(ShahkarServer::new(ShahkarService(hub.clone())))
         .add_service(CivilRegistryServer::new(CivilRegistryService(hub.clone())))
         .add_service(TaxServer::new(TaxService(hub.clone())))
+        .add_service(EventsServer::new(events))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -300,7 +300,7 @@ impl Dataset {
             };
             let death_date = rng
                 .chance(12)
-                .then(|| jalali(&mut rng, (birth_year + 20).max(1390), 1403));
+                .then(|| jalali(&mut rng, (birth_year + 18).clamp(1390, 1403), 1403));
             persons.push(Person {
                 national_code,
                 first_name: first_name.to_string(),

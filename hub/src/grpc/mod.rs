@@ -2,6 +2,7 @@
 //! them run through the same [`Hub`](crate::pipeline::Hub) pipeline.
 
 pub mod civil_registry;
+pub mod events;
 pub mod inquiry;
 pub mod shahkar;
 pub mod tax;

@@ -39,6 +39,8 @@ impl TestHub {
             dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             policy: Some(policy_dir()),
+            kafka: None,
+            simulate_events: None,
         };
         let env = prepare(&opts).await.expect("dev environment");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

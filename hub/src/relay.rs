@@ -1,0 +1,623 @@
+//! The Kafka relay: reads the durable outbox in sequence order and produces every event to
+//! each subscriber's own topic `tabadol.<event-type>.<agency>`, keyed by that subscriber's
+//! token, with CloudEvents binary-mode headers, through an idempotent producer (acks=all).
+//!
+//! Delivery is at-least-once and never silent: the relay's outbox cursor only moves past an
+//! event once every subscriber's copy is acknowledged by the broker or, for a permanent
+//! failure (e.g. the broker refuses the topic), recorded as a dead letter. A retriable
+//! failure (broker down, timeout) makes the relay back off and resend from the first event
+//! not yet fully delivered, so order per key is kept; a resent copy carries the same
+//! `ce_id`, which consumers use to drop duplicates.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::events::{ce_type, for_subscriber, source, topic};
+use crate::outbox::{Outbox, StoredEvent};
+use crate::pipeline::Hub;
+use crate::tokens::Tokens;
+
+/// The outbox cursor name of the Kafka relay.
+pub const CURSOR: &str = "kafka";
+
+/// How the relay talks to Kafka.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    /// How long librdkafka keeps trying one message before reporting it failed.
+    pub message_timeout: Duration,
+    /// Outbox events read per round.
+    pub batch: usize,
+    /// Partitions of the topics the relay creates.
+    pub topic_partitions: i32,
+    /// Replication factor of the topics the relay creates.
+    pub topic_replication: i32,
+    /// First back-off after a retriable failure (doubles up to `max_backoff`).
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often progress (outbox depth, lag) is logged while idle.
+    pub report_every: Duration,
+}
+
+impl RelayOptions {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            message_timeout: Duration::from_secs(30),
+            batch: 256,
+            topic_partitions: 3,
+            topic_replication: 1,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            report_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the relay has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Messages acknowledged by the broker (one per event per subscriber).
+    pub delivered: u64,
+    /// Rounds retried after a retriable failure.
+    pub retries: u64,
+    /// Deliveries given up for a permanent reason (kept in the outbox's dead letters).
+    pub dead_letters: u64,
+    /// Highest outbox sequence fully handled.
+    pub cursor: u64,
+    /// Events accepted but not yet fully handled.
+    pub outbox_depth: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    retries: AtomicU64,
+    dead_letters: AtomicU64,
+    cursor: AtomicU64,
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    counters: Arc<Counters>,
+    outbox: Arc<Outbox>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    pub fn stats(&self) -> RelayStats {
+        let cursor = self.counters.cursor.load(Ordering::Relaxed);
+        RelayStats {
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            dead_letters: self.counters.dead_letters.load(Ordering::Relaxed),
+            cursor,
+            outbox_depth: self.outbox.last_seq().saturating_sub(cursor),
+        }
+    }
+
+    /// Stops after the round in flight; undelivered events stay in the outbox.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// How a failed delivery is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Try again later (broker down, timeout, leader moving, queue full...).
+    Retry,
+    /// Will never succeed as sent (refused topic, message too large...): dead-letter it.
+    Permanent,
+}
+
+/// Classifies a librdkafka delivery error.
+pub fn classify(err: &KafkaError) -> FailureKind {
+    use RDKafkaErrorCode as C;
+    let code = match err {
+        KafkaError::MessageProduction(c) => *c,
+        KafkaError::AdminOp(c) => *c,
+        // Anything else (client creation, canceled, ...) is about the client, not the message.
+        _ => return FailureKind::Retry,
+    };
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::InvalidTopic
+        | C::InvalidRecord
+        | C::UnsupportedForMessageFormat
+        | C::PolicyViolation
+        | C::InvalidRequiredAcks
+        | C::UnknownTopic
+        | C::InvalidArgument
+        | C::BadMessage => FailureKind::Permanent,
+        _ => FailureKind::Retry,
+    }
+}
+
+fn producer(opts: &RelayOptions) -> Result<FutureProducer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            opts.message_timeout.as_millis().to_string(),
+        )
+        .set("client.id", "tabadol-hub-relay")
+        .set("log_level", "3")
+        .create()
+}
+
+fn admin(opts: &RelayOptions) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("client.id", "tabadol-hub-relay-admin")
+        .set("log_level", "3")
+        .create()
+}
+
+/// Starts the relay. Fails only when the Kafka client cannot be configured (bad broker
+/// list); an unreachable broker is waited for.
+pub fn spawn(
+    opts: RelayOptions,
+    outbox: Arc<Outbox>,
+    tokens: Arc<Tokens>,
+    hub: Arc<Hub>,
+) -> anyhow::Result<RelayHandle> {
+    let producer =
+        producer(&opts).map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+    let admin =
+        admin(&opts).map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+    let counters = Arc::new(Counters::default());
+    counters
+        .cursor
+        .store(outbox.cursor(CURSOR).unwrap_or(0), Ordering::Relaxed);
+    let (stop, stop_rx) = watch::channel(false);
+    let relay = Relay {
+        opts,
+        producer,
+        admin,
+        outbox: outbox.clone(),
+        tokens,
+        hub,
+        counters: counters.clone(),
+        ensured: HashSet::new(),
+        stop: stop_rx,
+    };
+    let task = tokio::spawn(relay.run());
+    Ok(RelayHandle {
+        counters,
+        outbox,
+        stop,
+        task,
+    })
+}
+
+struct Relay {
+    opts: RelayOptions,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    outbox: Arc<Outbox>,
+    tokens: Arc<Tokens>,
+    hub: Arc<Hub>,
+    counters: Arc<Counters>,
+    /// Topics known to exist on the broker.
+    ensured: HashSet<String>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One message of a round: which event, to whom.
+struct Outgoing {
+    seq: u64,
+    topic: String,
+}
+
+enum Round {
+    /// Everything up to this sequence is handled.
+    Done(u64),
+    /// Handled up to `.0`; a retriable failure stopped the round.
+    Retry(u64, String),
+}
+
+impl Relay {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn run(mut self) {
+        let mut cursor = self.counters.cursor.load(Ordering::Relaxed);
+        let mut watch = self.outbox.watch();
+        let mut backoff = self.opts.min_backoff;
+        let mut last_report = Instant::now();
+        tracing::info!(
+            message = "kafka relay started",
+            brokers = %self.opts.brokers,
+            cursor,
+            outbox_depth = self.outbox.last_seq().saturating_sub(cursor),
+        );
+        loop {
+            if self.stopped() {
+                break;
+            }
+            let batch = match self.outbox.read_after(cursor, self.opts.batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(message = "kafka relay cannot read the outbox", error = %e);
+                    self.sleep(self.opts.max_backoff).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if last_report.elapsed() >= self.opts.report_every {
+                    self.report(cursor, None);
+                    last_report = Instant::now();
+                }
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    r = watch.changed() => if r.is_err() { break },
+                    _ = stop.changed() => {},
+                    _ = tokio::time::sleep(self.opts.report_every) => {},
+                }
+                continue;
+            }
+            match self.round(&batch).await {
+                Round::Done(to) => {
+                    backoff = self.opts.min_backoff;
+                    cursor = self.advance(cursor, to).await;
+                    if last_report.elapsed() >= self.opts.report_every {
+                        self.report(cursor, batch.last());
+                        last_report = Instant::now();
+                    }
+                }
+                Round::Retry(to, reason) => {
+                    cursor = self.advance(cursor, to).await;
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let oldest = self
+                        .outbox
+                        .read_after(cursor, 1)
+                        .ok()
+                        .and_then(|v| v.into_iter().next());
+                    tracing::warn!(
+                        message = "kafka delivery failed; will retry",
+                        reason = %reason,
+                        cursor,
+                        outbox_depth = self.outbox.last_seq().saturating_sub(cursor),
+                        relay_lag_ms = oldest.as_ref().map(lag_ms).unwrap_or(0),
+                        retry_in_ms = backoff.as_millis() as u64,
+                    );
+                    if self.producer.client().fatal_error().is_some() {
+                        self.rebuild_producer();
+                    }
+                    self.sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                }
+            }
+        }
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        tracing::info!(message = "kafka relay stopped", cursor);
+    }
+
+    fn report(&self, cursor: u64, newest: Option<&StoredEvent>) {
+        tracing::info!(
+            message = "kafka relay progress",
+            cursor,
+            outbox_depth = self.outbox.last_seq().saturating_sub(cursor),
+            relay_lag_ms = newest.map(lag_ms).unwrap_or(0),
+            delivered = self.counters.delivered.load(Ordering::Relaxed),
+            retries = self.counters.retries.load(Ordering::Relaxed),
+            dead_letters = self.counters.dead_letters.load(Ordering::Relaxed),
+        );
+    }
+
+    fn rebuild_producer(&mut self) {
+        let reason = self
+            .producer
+            .client()
+            .fatal_error()
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        match producer(&self.opts) {
+            Ok(p) => {
+                tracing::warn!(message = "kafka producer hit a fatal error; recreated it", reason = %reason);
+                self.producer = p;
+            }
+            Err(e) => tracing::error!(message = "cannot recreate the kafka producer", error = %e),
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {},
+            _ = stop.changed() => {},
+        }
+    }
+
+    async fn advance(&self, cursor: u64, to: u64) -> u64 {
+        if to <= cursor {
+            return cursor;
+        }
+        if let Err(e) = self.outbox.set_cursor(CURSOR, to).await {
+            // Not fatal: the events would be sent again after a restart (same ce_id).
+            tracing::error!(message = "cannot store the kafka relay cursor", error = %e);
+        }
+        self.counters.cursor.store(to, Ordering::Relaxed);
+        to
+    }
+
+    /// Makes sure the topics exist; a topic that cannot be created for a permanent reason
+    /// is reported back so its messages are dead-lettered.
+    async fn ensure_topics(&mut self, wanted: &HashSet<String>) -> Result<HashSet<String>, String> {
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|t| !self.ensured.contains(*t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t.as_str(),
+                    self.opts.topic_partitions,
+                    TopicReplication::Fixed(self.opts.topic_replication),
+                )
+            })
+            .collect();
+        let admin_opts = AdminOptions::new().operation_timeout(Some(self.opts.message_timeout));
+        let results = self
+            .admin
+            .create_topics(new.iter(), &admin_opts)
+            .await
+            .map_err(|e| format!("creating topics: {e}"))?;
+        let mut refused = HashSet::new();
+        for r in results {
+            match r {
+                Ok(t) | Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.ensured.insert(t);
+                }
+                Err((t, code)) => {
+                    if classify(&KafkaError::AdminOp(code)) == FailureKind::Permanent {
+                        tracing::error!(message = "kafka refused to create a topic", topic = %t, error = %code);
+                        refused.insert(t);
+                    } else {
+                        return Err(format!("creating topic {t}: {code}"));
+                    }
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sends one batch; returns how far everything is handled.
+    async fn round(&mut self, batch: &[StoredEvent]) -> Round {
+        let start = batch[0].seq.saturating_sub(1);
+        // Who gets what, under the current policy.
+        let plan: Vec<(&StoredEvent, Vec<String>)> = {
+            let state = self.hub.policy();
+            batch
+                .iter()
+                .map(|ev| {
+                    let subs = state
+                        .policy
+                        .subscribers_of(&ev.event_type)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect();
+                    (ev, subs)
+                })
+                .collect()
+        };
+        let wanted: HashSet<String> = plan
+            .iter()
+            .flat_map(|(ev, subs)| subs.iter().map(|a| topic(&ev.event_type, a)))
+            .collect();
+        let refused = match self.ensure_topics(&wanted).await {
+            Ok(r) => r,
+            Err(reason) => return Round::Retry(start, reason),
+        };
+
+        let mut sent: Vec<(Outgoing, rdkafka::producer::DeliveryFuture)> = Vec::new();
+        let mut permanent: Vec<(u64, String, String)> = Vec::new();
+        let mut enqueue_failure: Option<(u64, String)> = None;
+        'events: for (ev, subs) in &plan {
+            for agency in subs {
+                let t = topic(&ev.event_type, agency);
+                if refused.contains(&t) {
+                    permanent.push((ev.seq, t, "broker refused to create the topic".into()));
+                    continue;
+                }
+                let token = match self.tokens.token(agency, &ev.national_code) {
+                    Ok(tk) => tk,
+                    Err(e) => {
+                        enqueue_failure = Some((ev.seq, format!("token of {agency}: {e}")));
+                        break 'events;
+                    }
+                };
+                let payload = for_subscriber(ev, token.clone()).encode_to_vec();
+                let time = jiff::Timestamp::from_microsecond(ev.accepted_at_micros)
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+                    .to_string();
+                let seq = ev.seq.to_string();
+                let src = source(&ev.publisher);
+                let ty = ce_type(&ev.event_type);
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "ce_specversion",
+                        value: Some("1.0"),
+                    })
+                    .insert(Header {
+                        key: "ce_id",
+                        value: Some(ev.hub_event_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_source",
+                        value: Some(src.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_type",
+                        value: Some(ty.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_time",
+                        value: Some(time.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_subject",
+                        value: Some(token.as_str()),
+                    })
+                    .insert(Header {
+                        key: "content-type",
+                        value: Some("application/protobuf"),
+                    })
+                    .insert(Header {
+                        key: "ce_dataschema",
+                        value: Some("tabadol.v1.Event"),
+                    })
+                    .insert(Header {
+                        key: "tabadol_sequence",
+                        value: Some(seq.as_str()),
+                    });
+                let record = FutureRecord::to(&t)
+                    .key(token.as_bytes())
+                    .payload(&payload)
+                    .headers(headers);
+                match self.producer.send_result(record) {
+                    Ok(fut) => sent.push((
+                        Outgoing {
+                            seq: ev.seq,
+                            topic: t,
+                        },
+                        fut,
+                    )),
+                    Err((e, _)) => {
+                        // Queue full or similar: wait for what is in flight, then resume here.
+                        enqueue_failure = Some((ev.seq, format!("enqueue to {t}: {e}")));
+                        break 'events;
+                    }
+                }
+            }
+        }
+
+        // Collect every delivery report; the first event with a retriable failure bounds
+        // how far the cursor may move.
+        let mut first_retry: Option<(u64, String)> = enqueue_failure;
+        for (out, fut) in sent {
+            let result = match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_canceled) => Err(KafkaError::Canceled),
+            };
+            match result {
+                Ok(()) => {
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => match classify(&e) {
+                    FailureKind::Permanent => permanent.push((out.seq, out.topic, e.to_string())),
+                    FailureKind::Retry => {
+                        if matches!(
+                            e,
+                            KafkaError::MessageProduction(
+                                RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::UnknownPartition
+                            )
+                        ) {
+                            // The broker lost the topic (e.g. restarted without storage).
+                            self.ensured.remove(&out.topic);
+                        }
+                        if first_retry.as_ref().is_none_or(|(s, _)| out.seq < *s) {
+                            first_retry = Some((out.seq, format!("{}: {e}", out.topic)));
+                        }
+                    }
+                },
+            }
+        }
+        let last = batch.last().map(|e| e.seq).unwrap_or(start);
+        let handled_to = first_retry.as_ref().map(|(s, _)| s - 1).unwrap_or(last);
+        for (seq, t, reason) in permanent {
+            if seq > handled_to {
+                continue; // will be retried with its event anyway
+            }
+            tracing::error!(
+                message = "kafka delivery failed permanently; dead-lettered",
+                sequence = seq,
+                topic = %t,
+                reason = %reason,
+            );
+            if let Err(e) = self.outbox.dead_letter(seq, &t, &reason) {
+                tracing::error!(message = "cannot record a dead letter", sequence = seq, error = %e);
+                return Round::Retry(seq - 1, format!("dead letter store: {e}"));
+            }
+            self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        match first_retry {
+            Some((seq, reason)) => Round::Retry(seq - 1, reason),
+            None => Round::Done(last),
+        }
+    }
+}
+
+fn lag_ms(ev: &StoredEvent) -> u64 {
+    let now = jiff::Timestamp::now().as_microsecond();
+    (now.saturating_sub(ev.accepted_at_micros) / 1000).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut
+            )),
+            FailureKind::Retry
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::BrokerTransportFailure
+            )),
+            FailureKind::Retry
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+            )),
+            FailureKind::Retry
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge
+            )),
+            FailureKind::Permanent
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+            )),
+            FailureKind::Permanent
+        );
+    }
+}
