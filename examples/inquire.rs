@@ -7,19 +7,27 @@
 //! cargo run --example inquire -- --agency cbi tax --legal-entity 10101234567
 //! cargo run --example inquire -- --agency cbi list
 //! cargo run --example inquire -- --agency cbi trace TRK-EXAMPLE-1
+//! cargo run --example inquire -- --agency cbi --purpose kyc life 0012345679
 //! ```
+//!
+//! Without `--purpose`, the purpose is the first one the agency is granted for the service,
+//! as `Inquiry/ListServices` reports it.
+
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use tabadol_examples::{connect, context, HubArgs};
+use tabadol_examples::{connect, context, describe_status, HubArgs};
+use tabadol_policy::jalali::JalaliDate;
 use tabadol_proto::v1::civil_registry_client::CivilRegistryClient;
 use tabadol_proto::v1::get_taxpayer_request::Subject;
 use tabadol_proto::v1::inquiry_client::InquiryClient;
 use tabadol_proto::v1::shahkar_client::ShahkarClient;
 use tabadol_proto::v1::tax_client::TaxClient;
 use tabadol_proto::v1::{
-    GetIdentityRequest, GetLifeStatusRequest, GetTaxpayerRequest, ListServicesRequest,
-    MatchMobileRequest, TraceRequest,
+    GetIdentityRequest, GetLifeStatusRequest, GetTaxpayerRequest, GrantedService,
+    ListServicesRequest, MatchMobileRequest, TraceRequest,
 };
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(about = "Call the Tabadol hub as an agency")]
@@ -29,7 +37,8 @@ struct Args {
     /// Tracking code of the citizen's request (R10).
     #[arg(long, default_value = "TRK-EXAMPLE-1")]
     tracking: String,
-    /// Purpose of the inquiry; must be one of your grant's purposes.
+    /// Purpose of the inquiry; must be one of your grant's purposes
+    /// [default: the first purpose you are granted for the service].
     #[arg(long)]
     purpose: Option<String>,
     #[command(subcommand)]
@@ -65,19 +74,79 @@ enum Call {
     Trace { tracking_code: String },
 }
 
+/// Catalog id of the service a call goes to (`None` for metaservices).
+fn service_of(call: &Call) -> Option<&'static str> {
+    match call {
+        Call::Shahkar { .. } => Some("cra.shahkar.match"),
+        Call::Identity { .. } => Some("nocr.identity"),
+        Call::Life { .. } => Some("nocr.life-status"),
+        Call::Tax { .. } => Some("inta.taxpayer"),
+        Call::List | Call::Trace { .. } => None,
+    }
+}
+
+/// Whether a grant's validity window (inclusive Jalali days; empty = open) holds `today`.
+fn valid_on(g: &GrantedService, today: JalaliDate) -> bool {
+    let bound = |s: &str| s.parse::<JalaliDate>().ok();
+    bound(&g.valid_from).is_none_or(|from| from <= today)
+        && bound(&g.valid_until).is_none_or(|until| today <= until)
+}
+
+/// The first purpose the calling agency is granted for `service`, preferring a grant
+/// valid today.
+async fn granted_purpose(channel: Channel, agency: &str, service: &str) -> anyhow::Result<String> {
+    let list = match InquiryClient::new(channel)
+        .list_services(ListServicesRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => anyhow::bail!(
+            "cannot look up your grants to choose a purpose (give --purpose): {}",
+            describe_status(&status)
+        ),
+    };
+    let today = JalaliDate::in_tehran(jiff::Timestamp::now());
+    let grants: Vec<&GrantedService> = list
+        .services
+        .iter()
+        .filter(|g| g.service == service && !g.purposes.is_empty())
+        .collect();
+    grants
+        .iter()
+        .find(|g| valid_on(g, today))
+        .or(grants.first())
+        .map(|g| g.purposes[0].clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "agency {agency} has no grant for {service}; `inquire --agency {agency} list` \
+                 shows what it may call (or give --purpose to ask anyway)"
+            )
+        })
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    tabadol_examples::finish(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let channel = connect(&args.hub).await?;
-    let purpose = args.purpose.clone();
-    let ctx = |default: &str| context(&args.tracking, purpose.as_deref().unwrap_or(default));
+    let purpose = match (&args.purpose, service_of(&args.call)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(service)) => {
+            granted_purpose(channel.clone(), &args.hub.agency, service).await?
+        }
+        (None, None) => String::new(),
+    };
+    let ctx = || context(&args.tracking, &purpose);
     let result: Result<String, tonic::Status> = match args.call {
         Call::Shahkar {
             national_code,
             mobile,
         } => ShahkarClient::new(channel)
             .match_mobile(MatchMobileRequest {
-                context: ctx("identity-verification"),
+                context: ctx(),
                 national_code,
                 mobile,
             })
@@ -88,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             field,
         } => CivilRegistryClient::new(channel)
             .get_identity(GetIdentityRequest {
-                context: ctx("identity-verification"),
+                context: ctx(),
                 national_code,
                 fields: field,
             })
@@ -96,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|r| format!("{:#?}", r.into_inner())),
         Call::Life { national_code } => CivilRegistryClient::new(channel)
             .get_life_status(GetLifeStatusRequest {
-                context: ctx("identity-verification"),
+                context: ctx(),
                 national_code,
             })
             .await
@@ -112,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
             };
             TaxClient::new(channel)
                 .get_taxpayer(GetTaxpayerRequest {
-                    context: ctx("credit-assessment"),
+                    context: ctx(),
                     subject: Some(subject),
                 })
                 .await
@@ -132,9 +201,6 @@ async fn main() -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
-        Err(status) => {
-            eprintln!("{:?}: {}", status.code(), status.message());
-            std::process::exit(1);
-        }
+        Err(status) => anyhow::bail!("{}", describe_status(&status)),
     }
 }

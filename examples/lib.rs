@@ -1,11 +1,15 @@
 //! Shared helpers for the example agency backends: connecting to the hub with an
-//! agency's certificate from a `tabadol dev` directory.
+//! agency's certificate from a `tabadol dev` directory, and explaining the hub's errors.
 
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use tabadol_proto::v1::InquiryContext;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_types::StatusExt as _;
 
 /// Where the hub is and who we are.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,4 +58,37 @@ pub fn context(tracking_code: &str, purpose: &str) -> Option<InquiryContext> {
         purpose: purpose.into(),
         service_request_id: String::new(),
     })
+}
+
+/// A hub error as lines a person can act on: the code and message, then every field
+/// violation, the retry delay and the error reason the hub attached (if any).
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let details = status.get_error_details();
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            let _ = write!(text, "\n  field `{}`: {}", v.field, v.description);
+        }
+    }
+    if let Some(retry) = details.retry_info() {
+        if let Some(delay) = retry.retry_delay {
+            let _ = write!(text, "\n  retry after {delay:?}");
+        }
+    }
+    if let Some(info) = details.error_info() {
+        let _ = write!(text, "\n  reason: {} ({})", info.reason, info.domain);
+    }
+    text
+}
+
+/// Ends an example: `error: <what went wrong: why>` on stderr and exit status 1, without the
+/// backtrace `RUST_BACKTRACE` would add (these are messages for people, not bug reports).
+pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

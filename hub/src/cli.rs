@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tabadol_policy::Policy;
 
 use crate::pki::PkiLayout;
@@ -90,6 +90,49 @@ pub enum PolicyCommand {
         dir: PathBuf,
         agency: String,
     },
+    /// Print the Kafka ACLs the policy implies, as `kafka-acls.sh` commands (pipe to `sh`).
+    ///
+    /// Only the hub may write (topics prefixed `tabadol.`, idempotent producer); each
+    /// subscriber may read and describe only its own topics `tabadol.<event-type>.<agency>`
+    /// and read its consumer groups prefixed `tabadol.<agency>.`; agencies without a
+    /// subscription get nothing. This is deny-by-default only when the brokers run an
+    /// authorizer with `allow.everyone.if.no.acl.found=false`.
+    ///
+    /// Principals assume Kafka's default SSL principal builder (`User:` + the certificate
+    /// subject DN) and certificates whose subject is only `CN=<common name>`, as the dev
+    /// PKI issues them; otherwise set `ssl.principal.mapping.rules` on the brokers and
+    /// `--principal-format` to match.
+    KafkaAcls {
+        /// Policy directory.
+        #[arg(long, default_value = "policy/national")]
+        dir: PathBuf,
+        /// Kafka principal of the hub (the one allowed to write).
+        #[arg(long, default_value = crate::acls::DEFAULT_HUB_PRINCIPAL)]
+        hub_principal: String,
+        /// Kafka principal of an agency: `{cn}` is its certificate common name from
+        /// agencies.yaml, `{agency}` its id.
+        #[arg(long, default_value = crate::acls::DEFAULT_PRINCIPAL_FORMAT)]
+        principal_format: String,
+        /// `--bootstrap-server` of the printed commands.
+        #[arg(long, value_name = "HOST:PORT", default_value = "localhost:9092")]
+        bootstrap_server: String,
+        /// `--command-config` of the printed commands: admin client properties (TLS
+        /// settings of a Kafka super user).
+        #[arg(long, value_name = "FILE")]
+        command_config: Option<PathBuf>,
+        /// Output: shell commands, or a JSON array of ACL entries.
+        #[arg(long, value_enum, default_value_t = AclFormat::Commands)]
+        format: AclFormat,
+    },
+}
+
+/// Output format of `policy kafka-acls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AclFormat {
+    /// One `kafka-acls.sh --add` command per ACL, after a `#` comment header.
+    Commands,
+    /// A JSON array of ACL entries.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +302,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::pipeline::approval_text(&g.approved)
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::KafkaAcls {
+            dir,
+            hub_principal,
+            principal_format,
+            bootstrap_server,
+            command_config,
+            format,
+        }) => {
+            let policy = load_policy(&dir)?;
+            let opts = crate::acls::AclOptions {
+                hub_principal,
+                principal_format,
+            };
+            let entries = crate::acls::kafka_acls(&policy, &opts)?;
+            let text = match format {
+                AclFormat::Commands => crate::acls::render_commands(
+                    &entries,
+                    &crate::acls::RenderOptions {
+                        bootstrap_server,
+                        command_config: command_config.map(|c| c.display().to_string()),
+                        policy_dir: dir.display().to_string(),
+                    },
+                ),
+                AclFormat::Json => crate::acls::render_json(&entries),
+            };
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => {

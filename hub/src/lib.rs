@@ -2,6 +2,7 @@
 //! command line. See ARCHITECTURE.md for the code map.
 #![forbid(unsafe_code)]
 
+pub mod acls;
 pub mod app;
 pub mod audit;
 pub mod cli;

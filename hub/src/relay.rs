@@ -304,9 +304,14 @@ impl Relay {
                         relay_lag_ms = oldest.as_ref().map(lag_ms).unwrap_or(0),
                         retry_in_ms = backoff.as_millis() as u64,
                     );
-                    if self.producer.client().fatal_error().is_some() {
-                        self.rebuild_producer();
-                    }
+                    // The broker may have come back without its topics (or the cluster
+                    // may have changed): check them again before the next attempt.
+                    self.ensured.clear();
+                    // Every message of the round has been reported, so nothing is lost by
+                    // replacing the producer: a fresh one gets a new producer id and fresh
+                    // metadata, which is what an idempotent producer needs after its broker
+                    // restarted (the old one can stay wedged on the old producer state).
+                    self.rebuild_producer();
                     self.sleep(backoff).await;
                     backoff = (backoff * 2).min(self.opts.max_backoff);
                 }
@@ -330,15 +335,12 @@ impl Relay {
     }
 
     fn rebuild_producer(&mut self) {
-        let reason = self
-            .producer
-            .client()
-            .fatal_error()
-            .map(|(_, s)| s)
-            .unwrap_or_default();
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(message = "kafka producer hit a fatal error", error = %code, reason = %reason);
+        }
         match producer(&self.opts) {
             Ok(p) => {
-                tracing::warn!(message = "kafka producer hit a fatal error; recreated it", reason = %reason);
+                tracing::debug!(message = "kafka producer recreated");
                 self.producer = p;
             }
             Err(e) => tracing::error!(message = "cannot recreate the kafka producer", error = %e),
@@ -385,7 +387,9 @@ impl Relay {
                 )
             })
             .collect();
-        let admin_opts = AdminOptions::new().operation_timeout(Some(self.opts.message_timeout));
+        let admin_opts = AdminOptions::new()
+            .operation_timeout(Some(self.opts.message_timeout))
+            .request_timeout(Some(self.opts.message_timeout));
         let results = self
             .admin
             .create_topics(new.iter(), &admin_opts)

@@ -33,6 +33,12 @@ pub fn init_tracing() {
 
 impl TestHub {
     pub async fn start() -> TestHub {
+        Self::start_with_kafka(None).await
+    }
+
+    /// A hub whose relay produces to `brokers`, giving up on one message after
+    /// `message_timeout_ms` (then the relay retries it).
+    pub async fn start_with_kafka(kafka: Option<(&str, u64)>) -> TestHub {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let opts = DevOptions {
@@ -42,7 +48,11 @@ impl TestHub {
             kafka: None,
             simulate_events: None,
         };
-        let env = prepare(&opts).await.expect("dev environment");
+        let mut env = prepare(&opts).await.expect("dev environment");
+        env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::config::KafkaSection {
+            brokers: brokers.to_owned(),
+            message_timeout_ms: ms,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
             .await
