@@ -450,7 +450,10 @@ async fn follow_kafka(
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         // The hub creates the topics with the first event; notice them soon.
-        .set("topic.metadata.refresh.interval.ms", "5000");
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        // Kafka's former default; with librdkafka's 45 s a restarted subscriber can wait
+        // that long for its partitions (some brokers, e.g. tansu, let a join take ~half).
+        .set("session.timeout.ms", "10000");
     for (k, v) in extra {
         config.set(k, v);
     }

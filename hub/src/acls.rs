@@ -277,6 +277,16 @@ pub fn kafka_acls(policy: &Policy, opts: &AclOptions) -> Result<Vec<AclEntry>, A
                 ));
             }
         }
+        // The subscriber's daily manifests (count and digest of each Tehran day).
+        let manifest_topic = crate::manifests::topic(&agency.id);
+        for op in [Operation::Read, Operation::Describe] {
+            push(entry(
+                op,
+                ResourceType::Topic,
+                manifest_topic.clone(),
+                PatternType::Literal,
+            ));
+        }
         push(entry(
             Operation::Read,
             ResourceType::Group,
@@ -440,11 +450,15 @@ subscriptions:
             "--allow-principal User:CN=hub.tabadol.ir --operation IdempotentWrite --cluster --resource-pattern-type literal",
             "--allow-principal User:CN=ihio.agency.tabadol.ir --operation Read --topic tabadol.death.v1.ihio --resource-pattern-type literal",
             "--allow-principal User:CN=ihio.agency.tabadol.ir --operation Describe --topic tabadol.death.v1.ihio --resource-pattern-type literal",
+            "--allow-principal User:CN=ihio.agency.tabadol.ir --operation Read --topic tabadol.manifest.ihio --resource-pattern-type literal",
+            "--allow-principal User:CN=ihio.agency.tabadol.ir --operation Describe --topic tabadol.manifest.ihio --resource-pattern-type literal",
             "--allow-principal User:CN=ihio.agency.tabadol.ir --operation Read --group tabadol.ihio. --resource-pattern-type prefixed",
             "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Read --topic tabadol.identity-change.v1.cbi --resource-pattern-type literal",
             "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Describe --topic tabadol.identity-change.v1.cbi --resource-pattern-type literal",
             "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Read --topic tabadol.death.v1.cbi --resource-pattern-type literal",
             "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Describe --topic tabadol.death.v1.cbi --resource-pattern-type literal",
+            "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Read --topic tabadol.manifest.cbi --resource-pattern-type literal",
+            "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Describe --topic tabadol.manifest.cbi --resource-pattern-type literal",
             "--allow-principal User:CN=cbi.agency.tabadol.ir --operation Read --group tabadol.cbi. --resource-pattern-type prefixed",
         ];
         assert_eq!(got, want);

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::audit::{Audit, AuditOptions};
 use crate::config::Config;
 use crate::grpc::events::EventsService;
+use crate::manifests::{ManifestStore, ManifestTask};
 use crate::outbox::Outbox;
 use crate::pipeline::Hub;
 use crate::relay::{RelayHandle, RelayOptions};
@@ -28,6 +29,8 @@ pub struct HubHandle {
     pub hub: Arc<Hub>,
     pub outbox: Arc<Outbox>,
     pub relay: Option<RelayHandle>,
+    pub manifests: Arc<ManifestStore>,
+    manifest_task: Option<ManifestTask>,
     pub db: sled::Db,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -43,8 +46,18 @@ impl HubHandle {
         if let Some(relay) = self.relay.take() {
             relay.stop().await;
         }
+        if let Some(task) = self.manifest_task.take() {
+            task.stop().await;
+        }
         self.db.flush_async().await?;
         result
+    }
+
+    /// Makes the daily-manifest task run a round now (tests, operators).
+    pub fn nudge_manifests(&self) {
+        if let Some(t) = &self.manifest_task {
+            t.nudge();
+        }
     }
 
     /// Waits until the server ends by itself (it only does on error).
@@ -104,19 +117,28 @@ pub async fn start(
     let hub = Arc::new(hub);
     let outbox = Arc::new(Outbox::open(&db)?);
     let tokens = Arc::new(Tokens::open(&db)?);
-    let relay = match &cfg.kafka {
-        Some(k) => {
-            let mut opts = RelayOptions::new(k.brokers.clone());
-            opts.message_timeout = Duration::from_millis(k.message_timeout_ms);
-            Some(crate::relay::spawn(
-                opts,
-                outbox.clone(),
-                tokens.clone(),
-                hub.clone(),
-            )?)
-        }
+    let kafka_opts = cfg.kafka.as_ref().map(|k| {
+        let mut opts = RelayOptions::new(k.brokers.clone());
+        opts.message_timeout = Duration::from_millis(k.message_timeout_ms);
+        opts
+    });
+    let relay = match &kafka_opts {
+        Some(opts) => Some(crate::relay::spawn(
+            opts.clone(),
+            outbox.clone(),
+            tokens.clone(),
+            hub.clone(),
+        )?),
         None => None,
     };
+    let manifests = Arc::new(ManifestStore::open(&db)?);
+    let manifest_task = crate::manifests::spawn(
+        hub.clone(),
+        outbox.clone(),
+        tokens.clone(),
+        manifests.clone(),
+        kafka_opts,
+    )?;
     tracing::info!(
         message = "outbox open",
         outbox_last_sequence = outbox.last_seq(),
@@ -126,7 +148,12 @@ pub async fn start(
             .map(|k| k.brokers.as_str())
             .unwrap_or("off"),
     );
-    let events = EventsService::new(hub.clone(), outbox.clone(), tokens.clone());
+    let events = EventsService::new(
+        hub.clone(),
+        outbox.clone(),
+        tokens.clone(),
+        manifests.clone(),
+    );
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::server::run(
@@ -144,6 +171,8 @@ pub async fn start(
         hub,
         outbox,
         relay,
+        manifests,
+        manifest_task: Some(manifest_task),
         db,
         shutdown: Some(tx),
         task,

@@ -95,7 +95,7 @@ pub enum ManifestError {
 }
 
 /// The count and digest of one Tehran day's events for one subscriber.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub agency: String,
     /// Jalali day in Tehran time.
@@ -132,15 +132,18 @@ pub fn manifest(
         first_sequence: 0,
         last_sequence: 0,
     };
-    let mut after = 0;
-    loop {
+    let start = day.start_in_tehran().as_microsecond();
+    let end = day.end_in_tehran().as_microsecond();
+    let mut after = outbox.first_seq_at_or_after(start)?.saturating_sub(1);
+    'scan: loop {
         let batch = outbox.read_after(after, 1024)?;
         let Some(last) = batch.last() else { break };
         after = last.seq;
         for ev in batch {
-            if !types.iter().any(|t| *t == ev.event_type)
-                || tehran_day(ev.accepted_at_micros) != day
-            {
+            if ev.accepted_at_micros >= end {
+                break 'scan;
+            }
+            if !types.contains(&ev.event_type) {
                 continue;
             }
             let token = tokens.token(agency, &ev.national_code)?;

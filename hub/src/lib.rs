@@ -11,6 +11,7 @@ pub mod dev;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod manifests;
 pub mod outbox;
 pub mod pipeline;
 pub mod pki;

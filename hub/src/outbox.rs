@@ -158,6 +158,26 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The first sequence number accepted at or after `micros` (unix microseconds), or
+    /// `last_seq() + 1` when there is none. Acceptance times grow with the sequence (both
+    /// are assigned under the publish lock), so this is a binary search.
+    pub fn first_seq_at_or_after(&self, micros: i64) -> Result<u64, OutboxError> {
+        let (mut lo, mut hi) = (1u64, self.last_seq() + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let accepted = match self.events.get(mid.to_be_bytes())? {
+                Some(v) => decode::<StoredEvent>(&format!("event {mid}"), &v)?.accepted_at_micros,
+                None => i64::MAX,
+            };
+            if accepted < micros {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     /// The sequence number of the newest event (0 when empty).
     pub fn last_seq(&self) -> u64 {
         *self.last.borrow()

@@ -99,6 +99,7 @@ fn subscribers_read_exactly_their_own_topics_and_groups() {
             [
                 format!("tabadol.death.v1.{agency}"),
                 format!("tabadol.identity-change.v1.{agency}"),
+                format!("tabadol.manifest.{agency}"),
             ],
             "{agency}"
         );
@@ -115,7 +116,7 @@ fn subscribers_read_exactly_their_own_topics_and_groups() {
                 && (a.operation == "Read" || a.operation == "Describe");
             assert!(own_topic || a.resource == "group", "{agency}: {a:?}");
         }
-        assert_eq!(mine.len(), 5, "{agency}: {mine:?}");
+        assert_eq!(mine.len(), 7, "{agency}: {mine:?}");
     }
 }
 

@@ -673,3 +673,94 @@ async fn sigkill_after_ack_loses_no_acknowledged_event() {
     child.sigkill();
     harness.stop().await;
 }
+
+/// A closed day's manifest reaches the subscriber's manifest topic, and its count and
+/// digest match what the subscriber received on its event topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daily_manifest_is_produced_and_matches_the_events() {
+    use sha2::{Digest, Sha256};
+    use tabadol_policy::jalali::JalaliDate;
+
+    let broker = Broker::start().await;
+    let hub = TestHub::start_with_kafka(Some((&broker.addr(), 10_000))).await;
+    let ncs = persons(&hub, 4);
+    let mut nocr = events(&hub, "nocr").await;
+    for (i, nc) in ncs.iter().enumerate() {
+        publish(&mut nocr, &format!("m-{i}"), "death.v1", nc).await;
+    }
+    publish(&mut nocr, "m-change", "identity-change.v1", &ncs[0]).await;
+    wait_relayed(&hub, 5, Duration::from_secs(60)).await;
+
+    // Close today early (the daily task does this for yesterday after Tehran midnight).
+    let today = JalaliDate::in_tehran(jiff::Timestamp::now());
+    let outbox = hub.handle.outbox.clone();
+    let created = {
+        let tokens = tabadol_hub::tokens::Tokens::open(&hub.handle.db).unwrap();
+        tabadol_hub::manifests::close_day(
+            today,
+            &hub.handle.hub,
+            &outbox,
+            &tokens,
+            &hub.handle.manifests,
+        )
+        .unwrap()
+    };
+    let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
+    let mut subscribers: Vec<&str> = policy.subscriptions().iter().map(|s| s.agency.as_str()).collect();
+    subscribers.dedup();
+    assert_eq!(created, subscribers.len(), "one manifest per subscriber");
+    hub.handle.nudge_manifests();
+
+    // What cbi received on its two event topics, in sequence order.
+    let c = reader(
+        &broker.addr(),
+        &["tabadol.death.v1.cbi".to_string(), "tabadol.identity-change.v1.cbi".to_string()],
+    );
+    let mut got = read_until(&c, Duration::from_secs(60), |r| distinct_ids(r).len() >= 5).await;
+    got.sort_by_key(|r| r.event.sequence);
+    got.dedup_by_key(|r| r.event.sequence);
+    let mut h = Sha256::new();
+    for r in &got {
+        h.update(format!("{}|{}|{}|{}\n", r.event.id, r.event.r#type, r.event.subject, r.event.date));
+    }
+    let digest = hex::encode(h.finalize());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mc = loop {
+        let md: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.addr())
+            .create()
+            .unwrap();
+        let ok = md
+            .fetch_metadata(Some("tabadol.manifest.cbi"), Duration::from_secs(5))
+            .map(|m| m.topics().iter().any(|t| !t.partitions().is_empty()))
+            .unwrap_or(false);
+        if ok {
+            break reader(&broker.addr(), &["tabadol.manifest.cbi".to_string()]);
+        }
+        assert!(Instant::now() < deadline, "manifest topic never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let manifest = loop {
+        assert!(Instant::now() < deadline, "no manifest on tabadol.manifest.cbi");
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), mc.recv()).await else {
+            continue;
+        };
+        let m = tabadol_proto::v1::Manifest::decode(msg.payload().unwrap_or_default()).unwrap();
+        assert_eq!(msg.key(), Some(m.day.as_bytes()));
+        assert!(m.complete);
+        if m.day != today.to_string() {
+            // Earlier days closed at start-up (catch-up): nothing happened on them.
+            assert_eq!((m.count, m.agency.as_str()), (0, "cbi"));
+            continue;
+        }
+        break m;
+    };
+    assert_eq!(manifest.agency, "cbi");
+    assert_eq!(manifest.day, today.to_string());
+    assert_eq!(manifest.count, 5);
+    assert_eq!(manifest.digest, digest, "the digest matches what cbi received");
+    assert_eq!((manifest.first_sequence, manifest.last_sequence), (1, 5));
+    hub.stop().await;
+}

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::AuditRecord;
 use crate::error::{HubError, Violation};
 use crate::events::{for_subscriber, manifest, validate_publish};
+use crate::manifests::ManifestStore;
 use crate::outbox::{NewEvent, Outbox};
 use crate::pipeline::{Caller, Hub};
 use crate::tokens::Tokens;
@@ -35,15 +36,22 @@ pub struct EventsService {
     pub hub: Arc<Hub>,
     pub outbox: Arc<Outbox>,
     pub tokens: Arc<Tokens>,
+    pub manifests: Arc<ManifestStore>,
     tokenize_limits: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
 }
 
 impl EventsService {
-    pub fn new(hub: Arc<Hub>, outbox: Arc<Outbox>, tokens: Arc<Tokens>) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        outbox: Arc<Outbox>,
+        tokens: Arc<Tokens>,
+        manifests: Arc<ManifestStore>,
+    ) -> Self {
         Self {
             hub,
             outbox,
             tokens,
+            manifests,
             tokenize_limits: Mutex::new(HashMap::new()),
         }
     }
@@ -350,16 +358,32 @@ impl Events for EventsService {
                 )])
             })?
         };
-        let m = manifest(&self.outbox, &self.tokens, &caller.agency, &types, day)
+        if day > today {
+            return Err(HubError::Invalid(vec![Violation::new(
+                "day",
+                format!("{day} is in the future (today in Tehran is {today})"),
+            )])
+            .into());
+        }
+        let complete = day < today;
+        let stored = self
+            .manifests
+            .get(&caller.agency, &day.to_string())
             .map_err(|e| HubError::Internal(e.to_string()))?;
-        Ok(Response::new(Manifest {
-            agency: m.agency,
-            day: m.day,
-            count: m.count,
-            digest: m.digest,
-            first_sequence: m.first_sequence,
-            last_sequence: m.last_sequence,
-            complete: day < today,
-        }))
+        let m = match stored {
+            Some(m) => m,
+            None => {
+                let m = manifest(&self.outbox, &self.tokens, &caller.agency, &types, day)
+                    .map_err(|e| HubError::Internal(e.to_string()))?;
+                if complete {
+                    // A finished day never changes: fix it now if the daily task has not.
+                    self.manifests
+                        .put(&m)
+                        .map_err(|e| HubError::Internal(e.to_string()))?;
+                }
+                m
+            }
+        };
+        Ok(Response::new(crate::manifests::to_proto(&m, complete)))
     }
 }

@@ -1,0 +1,405 @@
+//! Daily manifests (R5): after each Tehran midnight the hub fixes, for every subscriber,
+//! the count and digest of the previous day's events for it, keeps them in the store
+//! (served by `Events/GetManifest`) and, when Kafka is configured, produces each one to
+//! the subscriber's own topic `tabadol.manifest.<agency>`, so a subscriber can prove it
+//! missed nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use tabadol_policy::jalali::JalaliDate;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::events::{manifest, Manifest};
+use crate::outbox::Outbox;
+use crate::pipeline::Hub;
+use crate::relay::RelayOptions;
+use crate::tokens::Tokens;
+
+const TREE: &str = "manifests";
+
+/// How long after midnight a day is closed, so a publish in flight at midnight is on disk.
+const GRACE: Duration = Duration::from_secs(5);
+/// How often undelivered manifests are retried on Kafka.
+const RETRY: Duration = Duration::from_secs(60);
+/// How many past days are closed at start-up when the hub was down at midnight.
+const CATCH_UP_DAYS: i32 = 7;
+
+/// The Kafka topic of one subscriber's manifests.
+pub fn topic(agency: &str) -> String {
+    format!("tabadol.manifest.{agency}")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    manifest: Manifest,
+    closed_at_micros: i64,
+    kafka_delivered: bool,
+}
+
+/// Errors of the manifest store.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestStoreError {
+    #[error("manifest store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("stored manifest {0} is unreadable: {1}")]
+    Corrupt(String, String),
+}
+
+/// Closed manifests, one per subscriber and day.
+pub struct ManifestStore {
+    tree: sled::Tree,
+}
+
+fn key(agency: &str, day: &str) -> Vec<u8> {
+    let mut k = agency.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(day.as_bytes());
+    k
+}
+
+impl ManifestStore {
+    pub fn open(db: &sled::Db) -> Result<Self, ManifestStoreError> {
+        Ok(Self {
+            tree: db.open_tree(TREE)?,
+        })
+    }
+
+    fn read(&self, k: &[u8], v: &[u8]) -> Result<Stored, ManifestStoreError> {
+        serde_json::from_slice(v).map_err(|e| {
+            ManifestStoreError::Corrupt(String::from_utf8_lossy(k).replace('\0', "/"), e.to_string())
+        })
+    }
+
+    /// The closed manifest of `agency` for `day`, if the day was closed.
+    pub fn get(&self, agency: &str, day: &str) -> Result<Option<Manifest>, ManifestStoreError> {
+        let k = key(agency, day);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(self.read(&k, &v)?.manifest)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a closed manifest unless one exists (closing is idempotent); true if new.
+    pub fn put(&self, m: &Manifest) -> Result<bool, ManifestStoreError> {
+        let v = serde_json::to_vec(&Stored {
+            manifest: m.clone(),
+            closed_at_micros: jiff::Timestamp::now().as_microsecond(),
+            kafka_delivered: false,
+        })
+        .map_err(|e| ManifestStoreError::Corrupt(m.agency.clone(), e.to_string()))?;
+        let res = self
+            .tree
+            .compare_and_swap(key(&m.agency, &m.day), None as Option<&[u8]>, Some(v))?;
+        self.tree.flush()?;
+        Ok(res.is_ok())
+    }
+
+    /// Manifests not yet acknowledged by Kafka.
+    pub fn undelivered(&self) -> Result<Vec<Manifest>, ManifestStoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let s = self.read(&k, &v)?;
+            if !s.kafka_delivered {
+                out.push(s.manifest);
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_delivered(&self, m: &Manifest) -> Result<(), ManifestStoreError> {
+        let k = key(&m.agency, &m.day);
+        if let Some(v) = self.tree.get(&k)? {
+            let mut s = self.read(&k, &v)?;
+            s.kafka_delivered = true;
+            let v = serde_json::to_vec(&s)
+                .map_err(|e| ManifestStoreError::Corrupt(m.agency.clone(), e.to_string()))?;
+            self.tree.insert(k, v)?;
+            self.tree.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Closes `day` for every subscriber that has no manifest for it yet; returns how many
+/// manifests were created.
+pub fn close_day(
+    day: JalaliDate,
+    hub: &Hub,
+    outbox: &Outbox,
+    tokens: &Tokens,
+    store: &ManifestStore,
+) -> anyhow::Result<usize> {
+    let subscribers: Vec<(String, Vec<String>)> = {
+        let state = hub.policy();
+        let mut v: Vec<(String, Vec<String>)> = Vec::new();
+        for s in state.policy.subscriptions() {
+            match v.iter_mut().find(|(a, _)| *a == s.agency) {
+                Some((_, types)) => types.extend(s.event_types.iter().cloned()),
+                None => v.push((s.agency.clone(), s.event_types.clone())),
+            }
+        }
+        v
+    };
+    let mut created = 0;
+    for (agency, types) in subscribers {
+        if store.get(&agency, &day.to_string())?.is_some() {
+            continue;
+        }
+        let m = manifest(outbox, tokens, &agency, &types, day)?;
+        if store.put(&m)? {
+            created += 1;
+            tracing::info!(
+                message = "daily manifest closed",
+                agency = %m.agency,
+                day = %m.day,
+                count = m.count,
+                digest = %m.digest,
+            );
+        }
+    }
+    Ok(created)
+}
+
+/// The protobuf form of a closed manifest.
+pub fn to_proto(m: &Manifest, complete: bool) -> tabadol_proto::v1::Manifest {
+    tabadol_proto::v1::Manifest {
+        agency: m.agency.clone(),
+        day: m.day.clone(),
+        count: m.count,
+        digest: m.digest.clone(),
+        first_sequence: m.first_sequence,
+        last_sequence: m.last_sequence,
+        complete,
+    }
+}
+
+/// A running daily-manifest task.
+pub struct ManifestTask {
+    stop: watch::Sender<bool>,
+    nudge: Arc<tokio::sync::Notify>,
+    task: JoinHandle<()>,
+}
+
+impl ManifestTask {
+    /// Runs a round now (close past days, deliver what is pending) instead of waiting.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct KafkaOut {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    opts: RelayOptions,
+}
+
+/// Starts the daily task: closes yesterday (and up to a week back) at once, then every
+/// Tehran midnight; produces closed manifests to Kafka when `kafka` is given.
+pub fn spawn(
+    hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
+    tokens: Arc<Tokens>,
+    store: Arc<ManifestStore>,
+    kafka: Option<RelayOptions>,
+) -> anyhow::Result<ManifestTask> {
+    let kafka = match kafka {
+        Some(opts) => {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &opts.brokers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("message.timeout.ms", opts.message_timeout.as_millis().to_string())
+                .set("client.id", "tabadol-hub-manifests")
+                .set("log_level", "3")
+                .create()
+                .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+            let admin = ClientConfig::new()
+                .set("bootstrap.servers", &opts.brokers)
+                .set("log_level", "3")
+                .create()
+                .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+            Some(KafkaOut {
+                producer,
+                admin,
+                opts,
+            })
+        }
+        None => None,
+    };
+    let (stop, mut stop_rx) = watch::channel(false);
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let nudged = nudge.clone();
+    let task = tokio::spawn(async move {
+        let mut catch_up = true;
+        loop {
+            let now = jiff::Timestamp::now();
+            let today = JalaliDate::in_tehran(now);
+            let days: Vec<JalaliDate> = if catch_up {
+                (1..=CATCH_UP_DAYS)
+                    .rev()
+                    .filter_map(|back| {
+                        today
+                            .to_civil()
+                            .checked_sub(jiff::Span::new().days(back))
+                            .ok()
+                            .map(JalaliDate::from_civil)
+                    })
+                    .collect()
+            } else {
+                today
+                    .to_civil()
+                    .yesterday()
+                    .ok()
+                    .map(JalaliDate::from_civil)
+                    .into_iter()
+                    .collect()
+            };
+            for day in days {
+                if let Err(e) = close_day(day, &hub, &outbox, &tokens, &store) {
+                    tracing::error!(message = "cannot close the daily manifests", day = %day, error = %e);
+                }
+            }
+            catch_up = false;
+            let mut pending = false;
+            if let Some(k) = &kafka {
+                pending = !deliver(k, &store).await;
+            }
+            let until_midnight = today
+                .end_in_tehran()
+                .duration_since(jiff::Timestamp::now())
+                .unsigned_abs()
+                + GRACE;
+            let wait = if pending {
+                RETRY.min(until_midnight)
+            } else {
+                until_midnight
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {},
+                _ = nudged.notified() => {},
+                _ = stop_rx.changed() => return,
+            }
+        }
+    });
+    Ok(ManifestTask { stop, nudge, task })
+}
+
+/// Produces every undelivered manifest; true when none is left.
+async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
+    let pending = match store.undelivered() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(message = "cannot read the manifest store", error = %e);
+            return false;
+        }
+    };
+    if pending.is_empty() {
+        return true;
+    }
+    let mut topics: Vec<String> = pending.iter().map(|m| topic(&m.agency)).collect();
+    topics.sort();
+    topics.dedup();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                1,
+                TopicReplication::Fixed(k.opts.topic_replication),
+            )
+        })
+        .collect();
+    let admin_opts = AdminOptions::new()
+        .operation_timeout(Some(k.opts.message_timeout))
+        .request_timeout(Some(k.opts.message_timeout));
+    match k.admin.create_topics(new.iter(), &admin_opts).await {
+        Ok(results) => {
+            for r in results {
+                if let Err((t, code)) = r {
+                    if code != RDKafkaErrorCode::TopicAlreadyExists {
+                        tracing::warn!(message = "cannot create a manifest topic", topic = %t, error = %code);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(message = "kafka unreachable; manifests will be retried", error = %e);
+            return false;
+        }
+    }
+    let mut all = true;
+    for m in pending {
+        let payload = to_proto(&m, true).encode_to_vec();
+        let id = format!("manifest/{}/{}", m.agency, m.day);
+        let t = topic(&m.agency);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "ce_id", value: Some(id.as_str()) })
+            .insert(Header { key: "ce_source", value: Some("tabadol.ir/hub") })
+            .insert(Header { key: "ce_type", value: Some("ir.tabadol.manifest.v1") })
+            .insert(Header { key: "ce_subject", value: Some(m.day.as_str()) })
+            .insert(Header { key: "content-type", value: Some("application/protobuf") })
+            .insert(Header { key: "ce_dataschema", value: Some("tabadol.v1.Manifest") });
+        let record = FutureRecord::to(&t)
+            .key(m.day.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        match k.producer.send(record, Duration::from_secs(0)).await {
+            Ok(_) => {
+                if let Err(e) = store.mark_delivered(&m) {
+                    tracing::error!(message = "cannot mark a manifest delivered", error = %e);
+                }
+            }
+            Err((e, _)) => {
+                tracing::warn!(message = "manifest not delivered; will retry", agency = %m.agency, day = %m.day, error = %e);
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_is_idempotent_and_tracks_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = ManifestStore::open(&db).unwrap();
+        let m = Manifest {
+            agency: "cbi".into(),
+            day: "1405/09/01".into(),
+            count: 2,
+            digest: "ab".into(),
+            first_sequence: 1,
+            last_sequence: 2,
+        };
+        assert!(store.put(&m).unwrap());
+        let mut later = m.clone();
+        later.count = 9;
+        assert!(!store.put(&later).unwrap(), "a closed day never changes");
+        assert_eq!(store.get("cbi", "1405/09/01").unwrap(), Some(m.clone()));
+        assert_eq!(store.undelivered().unwrap(), vec![m.clone()]);
+        store.mark_delivered(&m).unwrap();
+        assert!(store.undelivered().unwrap().is_empty());
+        assert_eq!(store.get("ihio", "1405/09/01").unwrap(), None);
+    }
+}
