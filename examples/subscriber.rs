@@ -29,10 +29,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prost::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 use tabadol_examples::{connect, describe_status, HubArgs};
 use tabadol_proto::v1::events_client::EventsClient;
 use tabadol_proto::v1::{Event, SubscribeRequest, TokenizeRequest};
@@ -411,6 +414,30 @@ fn retriable(status: &tonic::Status) -> bool {
     )
 }
 
+/// Tells the operator which partitions the group gave this consumer, and passes
+/// librdkafka's own log lines through when `--kafka-config debug=...` asks for them.
+struct KafkaContext {
+    verbose: bool,
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if self.verbose || (level as i32) <= RDKafkaLogLevel::Error as i32 {
+            eprintln!("librdkafka {level:?} {fac}: {message}");
+        }
+    }
+}
+
+impl ConsumerContext for KafkaContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => eprintln!("kafka: assigned {} partitions", tpl.count()),
+            Rebalance::Revoke(tpl) => eprintln!("kafka: revoked {} partitions", tpl.count()),
+            Rebalance::Error(e) => eprintln!("kafka: rebalance failed: {e}"),
+        }
+    }
+}
+
 /// The Kafka consumer group: the agency's own prefix is the only one the ACLs allow.
 fn kafka_group(args: &Args) -> anyhow::Result<String> {
     let prefix = format!("tabadol.{}.", args.hub.agency);
@@ -457,8 +484,9 @@ async fn follow_kafka(
     for (k, v) in extra {
         config.set(k, v);
     }
-    let consumer: StreamConsumer = config
-        .create()
+    let verbose = extra.iter().any(|(k, _)| k == "debug");
+    let consumer: StreamConsumer<KafkaContext> = config
+        .create_with_context(KafkaContext { verbose })
         .with_context(|| format!("cannot create a Kafka consumer for {brokers}"))?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer

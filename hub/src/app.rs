@@ -156,6 +156,9 @@ pub async fn start(
     );
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
+    // Open Subscribe streams would keep a graceful shutdown waiting forever: end them
+    // (telling each subscriber where to resume) when shutdown begins.
+    let streams = events.streams_stop();
     let task = tokio::spawn(crate::server::run(
         listener,
         tls,
@@ -163,6 +166,7 @@ pub async fn start(
         events,
         async move {
             let _ = rx.await;
+            streams.stop();
         },
     ));
     tracing::info!(message = "hub listening", %addr);

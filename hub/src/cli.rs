@@ -222,8 +222,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handle = crate::app::start(&env.config, env.policy.clone(), listener).await?;
             crate::app::spawn_policy_reload(handle.hub.clone(), env.config.policy_dir.clone());
             println!("{}", crate::dev::banner(&env, handle.addr));
+            let trickle = match opts.simulate_events {
+                Some(every) => {
+                    println!(
+                        "Simulated civil registry: publishing a death or identity change as nocr every {every:?}."
+                    );
+                    Some(crate::dev::spawn_event_trickle(
+                        &env.config.data_dir.join("pki"),
+                        env.dataset.clone(),
+                        handle.addr,
+                        every,
+                    )?)
+                }
+                None => None,
+            };
             crate::app::shutdown_signal().await;
             println!("shutting down…");
+            if let Some(t) = trickle {
+                t.abort();
+            }
             handle.stop().await?;
             env.simulators.shutdown().await;
             Ok(ExitCode::SUCCESS)

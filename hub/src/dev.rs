@@ -174,3 +174,92 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         t = env.simulators.tax.base_url(),
     )
 }
+
+/// Starts the simulated civil registry's trickle (`--simulate-events`): every `every`, it
+/// publishes as `nocr` — through the hub's own mTLS `Events/Publish`, like the real
+/// registry — either the death of a person (recorded in the simulators too, so
+/// `GetLifeStatus` agrees) or an identity change. Deaths start with the second alive
+/// sample person of samples.json, so the examples show a known customer dying; identity
+/// changes rotate over the alive samples.
+pub fn spawn_event_trickle(
+    pki_dir: &Path,
+    dataset: Arc<Dataset>,
+    hub_addr: SocketAddr,
+    every: std::time::Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tabadol_proto::v1::events_client::EventsClient;
+    use tabadol_proto::v1::PublishRequest;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let layout = PkiLayout::new(pki_dir);
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(layout.ca_cert())?))
+        .identity(Identity::from_pem(
+            read(layout.agency_cert("nocr"))?,
+            read(layout.agency_key("nocr"))?,
+        ))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{hub_addr}"))?
+        .tls_config(tls)?
+        .connect_lazy();
+    let samples: Vec<String> = dataset.samples()["persons_alive"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["national_code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Death order: samples from the second on, then everyone else alive.
+    let mut dying: Vec<String> = samples.iter().skip(1).cloned().collect();
+    dying.extend(
+        dataset
+            .persons()
+            .iter()
+            .filter(|p| p.death_date.is_none() && !samples.contains(&p.national_code))
+            .map(|p| p.national_code.clone()),
+    );
+    Ok(tokio::spawn(async move {
+        let mut client = EventsClient::new(channel);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_death = dying.into_iter();
+        for n in 0u64.. {
+            tick.tick().await;
+            let today = tabadol_policy::jalali::JalaliDate::in_tehran(jiff::Timestamp::now());
+            let (event_type, national_code) = if n % 2 == 0 {
+                match next_death.find(|nc| dataset.record_death(nc, &today.to_string())) {
+                    Some(nc) => ("death.v1", nc),
+                    None => continue,
+                }
+            } else if samples.is_empty() {
+                continue;
+            } else {
+                let i = (n / 2) as usize % samples.len();
+                ("identity-change.v1", samples[i].clone())
+            };
+            let req = PublishRequest {
+                event_id: format!("sim-{}", uuid::Uuid::now_v7()),
+                r#type: event_type.into(),
+                national_code,
+                date: today.to_string(),
+            };
+            match client.publish(req).await {
+                Ok(r) => tracing::info!(
+                    message = "simulated civil-registry event published",
+                    event_type,
+                    sequence = r.get_ref().sequence,
+                ),
+                Err(s) => tracing::warn!(
+                    message = "simulated civil-registry event refused",
+                    event_type,
+                    code = ?s.code(),
+                    error = %s.message(),
+                ),
+            }
+        }
+    }))
+}
