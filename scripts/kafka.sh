@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers to install and run the tansu Kafka-protocol broker on loopback for tests.
+# Helpers to install (and, for manual runs, start) the tansu Kafka-protocol broker on loopback.
 # Source this file, then: kafka_install; kafka_start; ...; kafka_stop.
 
 KAFKA_PORT="${KAFKA_PORT:-19092}"

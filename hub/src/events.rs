@@ -56,11 +56,26 @@ pub fn validate_publish(
             "date",
             "date is required: the Jalali date of the death or change, e.g. 1405/08/30",
         ));
-    } else if let Err(e) = date.parse::<JalaliDate>() {
-        v.push(Violation::new(
-            "date",
-            format!("`{date}` is not a Jalali date: {e}"),
-        ));
+    } else {
+        match date.parse::<JalaliDate>() {
+            Err(e) => v.push(Violation::new(
+                "date",
+                format!("`{date}` is not a Jalali date: {e}"),
+            )),
+            // A Gregorian date such as 2025-11-21 also parses as a (far future) Jalali
+            // date; no death or change is registered after today.
+            Ok(d) => {
+                let today = JalaliDate::in_tehran(jiff::Timestamp::now());
+                if d > today {
+                    v.push(Violation::new(
+                        "date",
+                        format!(
+                            "{d} is in the future (today in Tehran is {today}); give the Jalali date of the death or change"
+                        ),
+                    ));
+                }
+            }
+        }
     }
     if v.is_empty() {
         Ok(())

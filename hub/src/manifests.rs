@@ -76,7 +76,10 @@ impl ManifestStore {
 
     fn read(&self, k: &[u8], v: &[u8]) -> Result<Stored, ManifestStoreError> {
         serde_json::from_slice(v).map_err(|e| {
-            ManifestStoreError::Corrupt(String::from_utf8_lossy(k).replace('\0', "/"), e.to_string())
+            ManifestStoreError::Corrupt(
+                String::from_utf8_lossy(k).replace('\0', "/"),
+                e.to_string(),
+            )
         })
     }
 
@@ -97,9 +100,9 @@ impl ManifestStore {
             kafka_delivered: false,
         })
         .map_err(|e| ManifestStoreError::Corrupt(m.agency.clone(), e.to_string()))?;
-        let res = self
-            .tree
-            .compare_and_swap(key(&m.agency, &m.day), None as Option<&[u8]>, Some(v))?;
+        let res =
+            self.tree
+                .compare_and_swap(key(&m.agency, &m.day), None as Option<&[u8]>, Some(v))?;
         self.tree.flush()?;
         Ok(res.is_ok())
     }
@@ -224,7 +227,10 @@ pub fn spawn(
                 .set("bootstrap.servers", &opts.brokers)
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
-                .set("message.timeout.ms", opts.message_timeout.as_millis().to_string())
+                .set(
+                    "message.timeout.ms",
+                    opts.message_timeout.as_millis().to_string(),
+                )
                 .set("client.id", "tabadol-hub-manifests")
                 .set("log_level", "3")
                 .create()
@@ -317,13 +323,7 @@ async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
     topics.dedup();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                1,
-                TopicReplication::Fixed(k.opts.topic_replication),
-            )
-        })
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(k.opts.topic_replication)))
         .collect();
     let admin_opts = AdminOptions::new()
         .operation_timeout(Some(k.opts.message_timeout))
@@ -349,13 +349,34 @@ async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
         let id = format!("manifest/{}/{}", m.agency, m.day);
         let t = topic(&m.agency);
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "ce_specversion", value: Some("1.0") })
-            .insert(Header { key: "ce_id", value: Some(id.as_str()) })
-            .insert(Header { key: "ce_source", value: Some("tabadol.ir/hub") })
-            .insert(Header { key: "ce_type", value: Some("ir.tabadol.manifest.v1") })
-            .insert(Header { key: "ce_subject", value: Some(m.day.as_str()) })
-            .insert(Header { key: "content-type", value: Some("application/protobuf") })
-            .insert(Header { key: "ce_dataschema", value: Some("tabadol.v1.Manifest") });
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("tabadol.ir/hub"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("ir.tabadol.manifest.v1"),
+            })
+            .insert(Header {
+                key: "ce_subject",
+                value: Some(m.day.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/protobuf"),
+            })
+            .insert(Header {
+                key: "ce_dataschema",
+                value: Some("tabadol.v1.Manifest"),
+            });
         let record = FutureRecord::to(&t)
             .key(m.day.as_bytes())
             .payload(&payload)

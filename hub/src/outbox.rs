@@ -60,6 +60,8 @@ pub struct Outbox {
     /// Serializes publishers so sequence numbers stay dense and ordered.
     publish_lock: Mutex<u64>,
     last: watch::Sender<u64>,
+    /// Acceptance time of the newest event, unix microseconds.
+    last_accepted: std::sync::atomic::AtomicI64,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, OutboxError> {
@@ -81,9 +83,13 @@ impl Outbox {
     /// Opens (or creates) the outbox in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, OutboxError> {
         let events = db.open_tree(TREE_EVENTS)?;
-        let last_seq = match events.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-            None => 0,
+        let (last_seq, last_accepted) = match events.last()? {
+            Some((k, v)) => {
+                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                let ev: StoredEvent = decode(&format!("event {seq}"), &v)?;
+                (seq, ev.accepted_at_micros)
+            }
+            None => (0, 0),
         };
         Ok(Self {
             db: db.clone(),
@@ -93,6 +99,7 @@ impl Outbox {
             events,
             publish_lock: Mutex::new(last_seq),
             last: watch::channel(last_seq).0,
+            last_accepted: std::sync::atomic::AtomicI64::new(last_accepted),
         })
     }
 
@@ -111,6 +118,12 @@ impl Outbox {
             }
         }
         let seq = *last + 1;
+        // Acceptance times never go backwards (even if the wall clock does), so a day's
+        // events are one contiguous range of sequence numbers (see first_seq_at_or_after).
+        let prev = self
+            .last_accepted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let accepted_at_micros = jiff::Timestamp::now().as_microsecond().max(prev);
         let stored = StoredEvent {
             seq,
             hub_event_id: uuid::Uuid::now_v7().to_string(),
@@ -119,7 +132,7 @@ impl Outbox {
             event_type: ev.event_type.to_owned(),
             national_code: ev.national_code.to_owned(),
             date: ev.date.to_owned(),
-            accepted_at_micros: jiff::Timestamp::now().as_microsecond(),
+            accepted_at_micros,
         };
         let value = serde_json::to_vec(&stored).map_err(|e| OutboxError::Corrupt {
             key: format!("event {seq}"),
@@ -143,6 +156,8 @@ impl Outbox {
             })?;
         self.db.flush_async().await?;
         *last = seq;
+        self.last_accepted
+            .store(accepted_at_micros, std::sync::atomic::Ordering::Relaxed);
         self.last.send_replace(seq);
         Ok((stored, false))
     }

@@ -40,7 +40,15 @@ async fn simulated_registry_trickle_reaches_subscribers() {
     }
     trickle.abort();
     let types: Vec<&str> = got.iter().map(|e| e.r#type.as_str()).collect();
-    assert_eq!(types, ["death.v1", "identity-change.v1", "death.v1", "identity-change.v1"]);
+    assert_eq!(
+        types,
+        [
+            "death.v1",
+            "identity-change.v1",
+            "death.v1",
+            "identity-change.v1"
+        ]
+    );
 
     // The first death is the second alive sample person: cbi can match it via Tokenize,
     // and the civil-registry simulator now reports that person dead.

@@ -179,6 +179,14 @@ fn assert_no_national_code(ev: &Event, nc: &str) {
     );
 }
 
+/// Stops the hub, failing instead of hanging if it does not stop (open Subscribe streams
+/// must not keep it waiting: see `stop_ends_open_streams`).
+async fn stop(hub: TestHub) {
+    tokio::time::timeout(Duration::from_secs(30), hub.stop())
+        .await
+        .expect("the hub stops within 30 s");
+}
+
 fn today() -> JalaliDate {
     JalaliDate::in_tehran(jiff::Timestamp::now())
 }
@@ -247,7 +255,7 @@ async fn publish_acknowledges_and_republish_is_a_noop() {
         [first.hub_event_id.as_str(), second.hub_event_id.as_str()]
     );
     assert_quiet(&mut stream).await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Malformed events are refused with INVALID_ARGUMENT naming the bad field, and nothing
@@ -297,7 +305,7 @@ async fn malformed_publish_names_the_field_and_stores_nothing() {
     // The hub still works: a correct event gets sequence 1.
     let ok = publish(&mut nocr, req("GOOD-1", DEATH, &nc, &date)).await;
     assert_eq!(ok.sequence, 1);
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Only the publisher named in policy may publish.
@@ -322,7 +330,7 @@ async fn non_publisher_is_denied() {
     )
     .await;
     assert_eq!((ok.sequence, ok.duplicate), (1, false));
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// A subscriber streams every event in sequence order; the subject is its own token for
@@ -375,7 +383,7 @@ async fn subscriber_gets_own_tokens_in_order() {
     let only = take(&mut deaths, want.len()).await;
     assert_eq!(only.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), want);
     assert_quiet(&mut deaths).await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// A subscriber that drops its stream and resumes after the last sequence it saw gets
@@ -424,7 +432,7 @@ async fn resume_after_last_seen_has_no_gaps_or_duplicates() {
     // Resuming after the newest sequence waits instead of replaying.
     let mut caught_up = subscribe(&hub, "cbi", 9, &[]).await;
     assert_quiet(&mut caught_up).await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// An empty outbox: the stream waits, and an event published later arrives.
@@ -442,7 +450,7 @@ async fn live_event_arrives_on_open_stream() {
         got[0].subject,
         tokenize(&hub, "moh", std::slice::from_ref(&p[0].nc)).await[0]
     );
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Agencies without a subscription cannot stream; subscribers cannot ask for types they
@@ -476,7 +484,7 @@ async fn subscribe_is_denied_without_subscription() {
             .expect_err("type not subscribed");
         assert_eq!(err.code(), Code::PermissionDenied, "{types:?}: {err:?}");
     }
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Tokenize serves subscribers only, keeps request order, and validates every code.
@@ -539,7 +547,7 @@ async fn tokenize_for_subscribers_only_and_validated() {
     let max = tokenize(&hub, "cbi", &vec![b.clone(); 1000]).await;
     assert_eq!(max.len(), 1000);
     assert!(max.iter().all(|x| *x == t[1]));
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Hammering Tokenize hits the per-agency limit (5/s, burst 10); other agencies are
@@ -576,7 +584,7 @@ async fn tokenize_is_rate_limited_per_agency() {
     // After a pause cbi may call again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(tokenize(&hub, "cbi", &nc).await.len(), 1);
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Every Tokenize call is audited — allowed or denied — without the national codes.
@@ -626,7 +634,7 @@ async fn tokenize_calls_are_audited() {
         );
     }
     assert!(hub.handle.hub.audit().verify().unwrap() >= 3);
-    hub.stop().await;
+    stop(hub).await;
 }
 
 /// Today's manifest counts the events a subscriber received and its digest is the hash
@@ -648,7 +656,7 @@ async fn manifest_matches_what_subscriber_received() {
         .into_inner();
     if today() != day_before {
         eprintln!("Tehran midnight passed during the test; manifest figures not comparable");
-        hub.stop().await;
+        stop(hub).await;
         return;
     }
     assert_eq!(m.agency, "cbi");
@@ -697,7 +705,8 @@ async fn manifest_matches_what_subscriber_received() {
             .expect_err("no subscription");
         assert_eq!(err.code(), Code::PermissionDenied, "{agency}: {err:?}");
     }
-    for bad in ["1405/13/01", "yesterday", "1405-07-31"] {
+    let tomorrow = JalaliDate::from_civil(today().to_civil().tomorrow().unwrap()).to_string();
+    for bad in ["1405/13/01", "yesterday", "1405-07-31", tomorrow.as_str()] {
         let err = cbi
             .get_manifest(GetManifestRequest { day: bad.into() })
             .await
@@ -705,5 +714,43 @@ async fn manifest_matches_what_subscriber_received() {
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
         assert_eq!(violated_fields(&err), ["day"], "{bad}");
     }
-    hub.stop().await;
+    stop(hub).await;
+}
+
+/// Stopping the hub ends open Subscribe streams — with UNAVAILABLE naming where to resume —
+/// instead of waiting for them forever (a graceful stop waits for calls in flight, and a
+/// subscription never finishes by itself).
+#[tokio::test]
+async fn stop_ends_open_streams() {
+    let hub = TestHub::start().await;
+    publish_n(&hub, "STOP", 0, 2).await;
+    let mut reading = subscribe(&hub, "cbi", 0, &[]).await;
+    assert_eq!(take(&mut reading, 2).await.len(), 2);
+    // Connected but has not read anything yet.
+    let mut idle = subscribe(&hub, "ihio", 0, &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    tokio::time::timeout(ARRIVES, hub.stop())
+        .await
+        .expect("the hub stops within 10 s while subscribers are connected");
+
+    let end = tokio::time::timeout(ARRIVES, reading.next())
+        .await
+        .expect("the open stream ends");
+    let status = end.expect("a final status").expect_err("not an event");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("after_sequence = 2"),
+        "{}",
+        status.message()
+    );
+    // The idle subscriber still gets what was queued, then where to resume.
+    assert_eq!(take(&mut idle, 2).await.len(), 2);
+    let status = tokio::time::timeout(ARRIVES, idle.next())
+        .await
+        .expect("the idle stream ends")
+        .expect("a final status")
+        .expect_err("not an event");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("after_sequence = 2"));
 }

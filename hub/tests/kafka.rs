@@ -706,7 +706,11 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
         .unwrap()
     };
     let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
-    let mut subscribers: Vec<&str> = policy.subscriptions().iter().map(|s| s.agency.as_str()).collect();
+    let mut subscribers: Vec<&str> = policy
+        .subscriptions()
+        .iter()
+        .map(|s| s.agency.as_str())
+        .collect();
     subscribers.dedup();
     assert_eq!(created, subscribers.len(), "one manifest per subscriber");
     hub.handle.nudge_manifests();
@@ -714,14 +718,20 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     // What cbi received on its two event topics, in sequence order.
     let c = reader(
         &broker.addr(),
-        &["tabadol.death.v1.cbi".to_string(), "tabadol.identity-change.v1.cbi".to_string()],
+        &[
+            "tabadol.death.v1.cbi".to_string(),
+            "tabadol.identity-change.v1.cbi".to_string(),
+        ],
     );
     let mut got = read_until(&c, Duration::from_secs(60), |r| distinct_ids(r).len() >= 5).await;
     got.sort_by_key(|r| r.event.sequence);
     got.dedup_by_key(|r| r.event.sequence);
     let mut h = Sha256::new();
     for r in &got {
-        h.update(format!("{}|{}|{}|{}\n", r.event.id, r.event.r#type, r.event.subject, r.event.date));
+        h.update(format!(
+            "{}|{}|{}|{}\n",
+            r.event.id, r.event.r#type, r.event.subject, r.event.date
+        ));
     }
     let digest = hex::encode(h.finalize());
 
@@ -743,7 +753,10 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let manifest = loop {
-        assert!(Instant::now() < deadline, "no manifest on tabadol.manifest.cbi");
+        assert!(
+            Instant::now() < deadline,
+            "no manifest on tabadol.manifest.cbi"
+        );
         let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), mc.recv()).await else {
             continue;
         };
@@ -760,7 +773,10 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     assert_eq!(manifest.agency, "cbi");
     assert_eq!(manifest.day, today.to_string());
     assert_eq!(manifest.count, 5);
-    assert_eq!(manifest.digest, digest, "the digest matches what cbi received");
+    assert_eq!(
+        manifest.digest, digest,
+        "the digest matches what cbi received"
+    );
     assert_eq!((manifest.first_sequence, manifest.last_sequence), (1, 5));
     hub.stop().await;
 }

@@ -14,7 +14,7 @@ use tabadol_proto::v1::{
     Event, GetManifestRequest, Manifest, PublishRequest, PublishResponse, SubscribeRequest,
     TokenizeRequest, TokenizeResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -38,6 +38,27 @@ pub struct EventsService {
     pub tokens: Arc<Tokens>,
     pub manifests: Arc<ManifestStore>,
     tokenize_limits: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    stopping: Arc<watch::Sender<bool>>,
+}
+
+/// Ends every open `Subscribe` stream when the hub stops. The streams never end by
+/// themselves, so a graceful server shutdown would otherwise wait for them forever.
+/// Take it with [`EventsService::streams_stop`] before the service moves into the server.
+#[derive(Clone)]
+pub struct StreamsStop(Arc<watch::Sender<bool>>);
+
+impl StreamsStop {
+    /// Open streams end with UNAVAILABLE naming the `after_sequence` to resume from;
+    /// new subscriptions are refused the same way.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+fn resume_status(cursor: u64) -> Status {
+    Status::unavailable(format!(
+        "the hub is shutting down; subscribe again with after_sequence = {cursor}"
+    ))
 }
 
 impl EventsService {
@@ -53,7 +74,13 @@ impl EventsService {
             tokens,
             manifests,
             tokenize_limits: Mutex::new(HashMap::new()),
+            stopping: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// The handle that ends open `Subscribe` streams on shutdown.
+    pub fn streams_stop(&self) -> StreamsStop {
+        StreamsStop(self.stopping.clone())
     }
 
     fn subscribed_types(&self, agency: &str) -> Vec<String> {
@@ -238,14 +265,23 @@ impl Events for EventsService {
             }
             types
         };
+        let mut stopping = self.stopping.subscribe();
+        if *stopping.borrow() {
+            return Err(resume_status(after_sequence));
+        }
         let (tx, rx) = mpsc::channel::<Result<Event, Status>>(64);
         let outbox = self.outbox.clone();
         let tokens = self.tokens.clone();
         let agency = caller.agency.clone();
         tokio::spawn(async move {
             let mut watch = outbox.watch();
+            // The last sequence handed to the stream (or skipped as not wanted).
             let mut cursor = after_sequence;
             loop {
+                if *stopping.borrow() {
+                    let _ = tx.try_send(Err(resume_status(cursor)));
+                    return;
+                }
                 let batch = match outbox.read_after(cursor, 256) {
                     Ok(b) => b,
                     Err(e) => {
@@ -257,21 +293,27 @@ impl Events for EventsService {
                     tokio::select! {
                         changed = watch.changed() => if changed.is_err() { return },
                         _ = tx.closed() => return,
+                        changed = stopping.changed() => if changed.is_err() { return },
                     }
                     continue;
                 }
                 for ev in batch {
-                    cursor = ev.seq;
                     if !wanted.contains(&ev.event_type) {
+                        cursor = ev.seq;
                         continue;
                     }
                     let item = tokens
                         .token(&agency, &ev.national_code)
                         .map(|t| for_subscriber(&ev, t))
                         .map_err(|e| HubError::Internal(e.to_string()).into());
-                    if tx.send(item).await.is_err() {
-                        return;
+                    tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() { return },
+                        _ = stopping.changed() => {
+                            let _ = tx.try_send(Err(resume_status(cursor)));
+                            return;
+                        }
                     }
+                    cursor = ev.seq;
                 }
             }
         });
