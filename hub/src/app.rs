@@ -120,6 +120,11 @@ pub async fn start(
     let kafka_opts = cfg.kafka.as_ref().map(|k| {
         let mut opts = RelayOptions::new(k.brokers.clone());
         opts.message_timeout = Duration::from_millis(k.message_timeout_ms);
+        opts.properties = k
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         opts
     });
     let relay = match &kafka_opts {

@@ -81,7 +81,22 @@ pub struct KafkaSection {
     /// How long librdkafka tries one delivery before the relay retries it itself, ms.
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
+    /// Further librdkafka client properties, e.g. the TLS settings of the cluster
+    /// (`security.protocol: ssl`, `ssl.ca.location`, `ssl.certificate.location`,
+    /// `ssl.key.location`). The delivery guarantees (`enable.idempotence`, `acks`) cannot
+    /// be overridden.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
+
+/// librdkafka properties the hub sets itself and a configuration may not change.
+pub const KAFKA_FIXED_PROPERTIES: [&str; 5] = [
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "message.timeout.ms",
+    "client.id",
+];
 
 fn default_message_timeout_ms() -> u64 {
     30_000
@@ -189,6 +204,13 @@ impl Config {
         if let Some(k) = &self.kafka {
             if k.brokers.trim().is_empty() {
                 errors.push("kafka.brokers: give at least one HOST:PORT".into());
+            }
+            for key in k.properties.keys() {
+                if KAFKA_FIXED_PROPERTIES.contains(&key.as_str()) {
+                    errors.push(format!(
+                        "kafka.properties.{key}: set by the hub itself (use kafka.brokers / kafka.message_timeout_ms; idempotence and acks=all are not negotiable)"
+                    ));
+                }
             }
         }
         errors.dedup();

@@ -131,6 +131,7 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         kafka: opts.kafka.clone().map(|brokers| KafkaSection {
             brokers,
             message_timeout_ms: 30_000,
+            properties: Default::default(),
         }),
         default_deadline_ms: 10_000,
     };

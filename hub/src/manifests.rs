@@ -13,7 +13,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use tabadol_policy::jalali::JalaliDate;
 use tokio::sync::watch;
@@ -223,22 +222,9 @@ pub fn spawn(
 ) -> anyhow::Result<ManifestTask> {
     let kafka = match kafka {
         Some(opts) => {
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", &opts.brokers)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set(
-                    "message.timeout.ms",
-                    opts.message_timeout.as_millis().to_string(),
-                )
-                .set("client.id", "tabadol-hub-manifests")
-                .set("log_level", "3")
-                .create()
+            let producer = crate::relay::producer(&opts, "tabadol-hub-manifests")
                 .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
-            let admin = ClientConfig::new()
-                .set("bootstrap.servers", &opts.brokers)
-                .set("log_level", "3")
-                .create()
+            let admin = crate::relay::admin(&opts, "tabadol-hub-manifests-admin")
                 .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
             Some(KafkaOut {
                 producer,

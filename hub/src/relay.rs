@@ -29,6 +29,9 @@ use crate::outbox::{Outbox, StoredEvent};
 use crate::pipeline::Hub;
 use crate::tokens::Tokens;
 
+const PRODUCER_ID: &str = "tabadol-hub-relay";
+const ADMIN_ID: &str = "tabadol-hub-relay-admin";
+
 /// The outbox cursor name of the Kafka relay.
 pub const CURSOR: &str = "kafka";
 
@@ -50,6 +53,8 @@ pub struct RelayOptions {
     pub max_backoff: Duration,
     /// How often progress (outbox depth, lag) is logged while idle.
     pub report_every: Duration,
+    /// Further librdkafka properties (TLS of the cluster, ...), from `kafka.properties`.
+    pub properties: Vec<(String, String)>,
 }
 
 impl RelayOptions {
@@ -63,6 +68,7 @@ impl RelayOptions {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             report_every: Duration::from_secs(30),
+            properties: Vec::new(),
         }
     }
 }
@@ -153,26 +159,36 @@ pub fn classify(err: &KafkaError) -> FailureKind {
     }
 }
 
-fn producer(opts: &RelayOptions) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+/// The client configuration every Kafka client of the hub starts from.
+pub fn base_config(opts: &RelayOptions, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("log_level", "3");
+    for (k, v) in &opts.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &opts.brokers)
+        .set("client.id", client_id);
+    c
+}
+
+/// An idempotent producer with acks=all.
+pub fn producer(opts: &RelayOptions, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    base_config(opts, client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
             "message.timeout.ms",
             opts.message_timeout.as_millis().to_string(),
         )
-        .set("client.id", "tabadol-hub-relay")
-        .set("log_level", "3")
         .create()
 }
 
-fn admin(opts: &RelayOptions) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        .set("client.id", "tabadol-hub-relay-admin")
-        .set("log_level", "3")
-        .create()
+/// An admin client (topic creation).
+pub fn admin(
+    opts: &RelayOptions,
+    client_id: &str,
+) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    base_config(opts, client_id).create()
 }
 
 /// Starts the relay. Fails only when the Kafka client cannot be configured (bad broker
@@ -183,10 +199,10 @@ pub fn spawn(
     tokens: Arc<Tokens>,
     hub: Arc<Hub>,
 ) -> anyhow::Result<RelayHandle> {
-    let producer =
-        producer(&opts).map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
-    let admin =
-        admin(&opts).map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+    let producer = producer(&opts, PRODUCER_ID)
+        .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+    let admin = admin(&opts, ADMIN_ID)
+        .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
     let counters = Arc::new(Counters::default());
     counters
         .cursor
@@ -338,7 +354,7 @@ impl Relay {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             tracing::warn!(message = "kafka producer hit a fatal error", error = %code, reason = %reason);
         }
-        match producer(&self.opts) {
+        match producer(&self.opts, PRODUCER_ID) {
             Ok(p) => {
                 tracing::debug!(message = "kafka producer recreated");
                 self.producer = p;
@@ -515,6 +531,10 @@ impl Relay {
                         },
                         fut,
                     )),
+                    Err((e, _)) if classify(&e) == FailureKind::Permanent => {
+                        // Refused locally for good (e.g. larger than message.max.bytes).
+                        permanent.push((ev.seq, t, format!("refused by the producer: {e}")));
+                    }
                     Err((e, _)) => {
                         // Queue full or similar: wait for what is in flight, then resume here.
                         enqueue_failure = Some((ev.seq, format!("enqueue to {t}: {e}")));

@@ -52,6 +52,7 @@ impl TestHub {
         env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::config::KafkaSection {
             brokers: brokers.to_owned(),
             message_timeout_ms: ms,
+            properties: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
