@@ -152,6 +152,10 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         .as_str()
         .unwrap_or("0499370899")
         .to_owned();
+    let dying = sample["persons_alive"][1]["national_code"]
+        .as_str()
+        .unwrap_or(&nc)
+        .to_owned();
     let mobile = sample["persons_alive"][0]["mobile"]
         .as_str()
         .unwrap_or("09121234567")
@@ -168,6 +172,10 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  grpcurl -cacert {dir}/pki/ca.crt -cert {dir}/pki/agencies/cbi.crt -key {dir}/pki/agencies/cbi.key \\\
          \n      -d '{{\"context\":{{\"tracking_code\":\"TRK-0001\",\"purpose\":\"kyc\"}},\"national_code\":\"{nc}\"}}' \\\
          \n      {addr} tabadol.v1.CivilRegistry/GetLifeStatus\
+         \n\nBroadcasts (R5): a subscriber, then the civil registry announcing a death:\
+         \n  cargo run --example subscriber -- --hub https://{addr} --dir {dir} --agency cbi\
+         \n  cargo run --example publish -- --hub https://{addr} --dir {dir} death {dying}\
+         \n  (relayed to Kafka only with --kafka HOST:PORT; --simulate-events SECONDS publishes a trickle)\
          \n\nCtrl-C stops the hub.",
         policy = env.config.policy_dir.display(),
         s = env.simulators.shahkar.base_url(),

@@ -161,6 +161,10 @@ pub fn close_day(
         let m = manifest(outbox, tokens, &agency, &types, day)?;
         if store.put(&m)? {
             created += 1;
+            if m.count == 0 {
+                tracing::debug!(message = "daily manifest closed (no events)", agency = %m.agency, day = %m.day);
+                continue;
+            }
             tracing::info!(
                 message = "daily manifest closed",
                 agency = %m.agency,
