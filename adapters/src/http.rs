@@ -150,10 +150,20 @@ impl Transport {
                 provider: self.provider.clone(),
                 reason: transport_reason(&e),
             }),
-            Ok(Ok(reply)) if reply.status.is_server_error() => Err(ProviderError::Unavailable {
-                provider: self.provider.clone(),
-                reason: format!("HTTP {}{}", reply.status, body_excerpt(&reply.body)),
-            }),
+            Ok(Ok(reply)) if reply.status.is_server_error() => {
+                // What the provider said about its own failure is for the hub's operators
+                // (log), not for the calling agency.
+                tracing::warn!(
+                    message = "Provider answered with a server error.",
+                    provider = %self.provider,
+                    status = %reply.status,
+                    body = %body_excerpt(&reply.body),
+                );
+                Err(ProviderError::Unavailable {
+                    provider: self.provider.clone(),
+                    reason: format!("HTTP {}", reply.status),
+                })
+            }
             Ok(Ok(reply)) => Ok(reply),
         };
         match &outcome {

@@ -169,6 +169,57 @@ impl Audit {
         }
     }
 
+    /// Appends the record held in `slot` and waits until it is in the log (and on disk
+    /// when durable). Cancel-safe: the record stays in `slot` until the writer has room
+    /// for it and is handed over in the same step, so a caller dropped at any point either
+    /// still holds the record (and can append it with [`Audit::append_detached`]) or has
+    /// already handed it to the writer — it is never lost or written twice.
+    pub async fn append_from(&self, slot: &mut Option<AuditRecord>) -> Result<u64, AuditError> {
+        let permit = self.tx.reserve().await.map_err(|_| AuditError::Closed)?;
+        let Some(rec) = slot.take() else {
+            return Err(AuditError::Corrupt {
+                seq: 0,
+                message: "no audit record to append".into(),
+            });
+        };
+        let (done, wait) = oneshot::channel();
+        permit.send((rec, Some(done)));
+        match wait.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(message)) => Err(AuditError::Corrupt { seq: 0, message }),
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
+
+    /// Appends a record without waiting (for callers that cannot await, e.g. a drop
+    /// guard). When the writer's queue is full the record is handed over from a task.
+    pub fn append_detached(&self, rec: AuditRecord) {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send((rec, None)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let tx = self.tx.clone();
+                    rt.spawn(async move {
+                        if tx.send(job).await.is_err() {
+                            tracing::error!(
+                                message = "audit writer stopped; a record was not written"
+                            );
+                        }
+                    });
+                }
+                Err(_) => tracing::error!(
+                    message = "audit queue full outside the runtime; a record was not written",
+                    inquiry_id = %job.0.inquiry_id
+                ),
+            },
+            Err(TrySendError::Closed(job)) => tracing::error!(
+                message = "audit writer stopped; a record was not written",
+                inquiry_id = %job.0.inquiry_id
+            ),
+        }
+    }
+
     /// The trail of one tracking code, as created by `agency` (nobody else's records).
     pub fn trace(&self, agency: &str, tracking: &str) -> Result<Vec<AuditRecord>, AuditError> {
         let mut out = Vec::new();

@@ -86,6 +86,52 @@ impl HubError {
         }
     }
 
+    /// What the audit log keeps of this error: enough to explain the outcome, never a
+    /// subject's identifiers or anything a provider said (the log outlives the call and
+    /// is read back by `Trace`).
+    pub fn audit_detail(&self) -> String {
+        match self {
+            HubError::Invalid(v) => format!(
+                "invalid: {}",
+                v.iter()
+                    .map(|v| clip_field(&v.field))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            HubError::UnknownService(s) => {
+                format!("service `{}` is not in the catalog", clip_field(s))
+            }
+            HubError::Provider(p) => {
+                let provider = p.provider();
+                match p {
+                    ProviderError::Unavailable { .. } => {
+                        format!("provider {provider} is unavailable")
+                    }
+                    ProviderError::Timeout { after, .. } => {
+                        format!(
+                            "provider {provider} did not answer within {} ms",
+                            after.as_millis()
+                        )
+                    }
+                    ProviderError::NotFound { .. } => {
+                        format!("provider {provider} has no record of the subject")
+                    }
+                    ProviderError::Rejected { .. } => {
+                        format!("provider {provider} rejected the request")
+                    }
+                    ProviderError::Protocol { .. } => {
+                        format!("provider {provider} answered in an unexpected format")
+                    }
+                    ProviderError::UnknownOperation { .. } => {
+                        format!("provider {provider} has no such operation")
+                    }
+                }
+            }
+            HubError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The gRPC code for this error.
     pub fn code(&self) -> Code {
         match self {
@@ -105,6 +151,18 @@ impl HubError {
             HubError::Internal(_) => Code::Internal,
         }
     }
+}
+
+/// A field or service name as the audit keeps it (callers choose these strings).
+fn clip_field(s: &str) -> String {
+    if s.len() <= 64 {
+        return s.to_owned();
+    }
+    let mut end = 64;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 impl From<HubError> for Status {

@@ -40,6 +40,51 @@ pub struct InquiryInput {
     pub service: String,
     pub params: BTreeMap<String, String>,
     pub fields: Vec<String>,
+    /// Outputs the calling method cannot answer without (typed methods); an inquiry whose
+    /// grant lacks one is denied before the provider is called.
+    pub required_fields: &'static [&'static str],
+}
+
+/// Longest purpose accepted (purposes are policy ids).
+pub const MAX_PURPOSE_LEN: usize = 64;
+/// Longest `service_request_id` accepted.
+pub const MAX_SERVICE_REQUEST_ID_LEN: usize = 128;
+/// Longest service id accepted.
+pub const MAX_SERVICE_LEN: usize = 128;
+/// Longest tracking code kept in an audit record (longer ones are refused anyway).
+const MAX_TRACKING_LEN: usize = 64;
+
+/// At most `max` bytes of `s` (on a char boundary), for audit records of refused input.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Holds an inquiry's audit record until it is handed to the audit writer; if the inquiry
+/// is dropped before that (the caller cancelled), the record is written as `cancelled`.
+struct AuditGuard<'a> {
+    audit: &'a Audit,
+    started: Instant,
+    record: Option<AuditRecord>,
+}
+
+impl Drop for AuditGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.record.take() {
+            rec.outcome = "cancelled".to_owned();
+            rec.detail =
+                "the caller went away (cancelled, or its deadline passed) before the answer"
+                    .to_owned();
+            rec.latency_micros = self.started.elapsed().as_micros() as u64;
+            self.audit.append_detached(rec);
+        }
+    }
 }
 
 /// What the pipeline answers.
@@ -125,7 +170,7 @@ pub struct Hub {
 
 /// Margin kept back from the caller's deadline so the hub answers DEADLINE_EXCEEDED
 /// itself (naming the provider) before the transport cuts the call off.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(15);
+const DEADLINE_MARGIN: Duration = Duration::from_millis(25);
 
 impl Hub {
     pub fn new(
@@ -157,11 +202,19 @@ impl Hub {
 
     /// Resolves the agency of a verified certificate common name.
     pub fn caller_for(&self, common_name: Option<&str>) -> Result<Caller, HubError> {
+        // A certificate without a common name is nobody, whatever the policy says.
         let cn = common_name.unwrap_or("");
-        match self.policy.load().policy.agency_for_common_name(cn) {
-            Some(a) => Ok(Caller {
-                agency: a.id.clone(),
-            }),
+        let agency = if cn.trim().is_empty() {
+            None
+        } else {
+            self.policy
+                .load()
+                .policy
+                .agency_for_common_name(cn)
+                .map(|a| a.id.clone())
+        };
+        match agency {
+            Some(agency) => Ok(Caller { agency }),
             None => {
                 tracing::warn!(
                     message = "call refused: certificate matches no agency",
@@ -174,36 +227,50 @@ impl Hub {
         }
     }
 
-    /// Runs one inquiry through the whole pipeline and audits it, whatever the outcome.
+    /// Runs one inquiry through the whole pipeline and audits it, whatever the outcome —
+    /// also when the caller goes away (cancels, or its deadline passes in the transport)
+    /// while the call is in flight: the record is then written as `cancelled`.
     pub async fn inquire(
         &self,
         caller: &Caller,
         input: InquiryInput,
         deadline: Option<Instant>,
     ) -> Result<InquiryOutput, HubError> {
-        let started = Instant::now();
-        let inquiry_id = uuid::Uuid::now_v7().to_string();
+        let mut guard = AuditGuard {
+            audit: &self.audit,
+            started: Instant::now(),
+            record: Some(AuditRecord {
+                seq: 0,
+                time_micros: jiff::Timestamp::now().as_microsecond(),
+                inquiry_id: uuid::Uuid::now_v7().to_string(),
+                agency: caller.agency.clone(),
+                service: clip(&input.service, MAX_SERVICE_LEN),
+                purpose: clip(&input.purpose, MAX_PURPOSE_LEN),
+                tracking_code: clip(&input.tracking_code, MAX_TRACKING_LEN),
+                service_request_id: clip(&input.service_request_id, MAX_SERVICE_REQUEST_ID_LEN),
+                outcome: String::new(),
+                latency_micros: 0,
+                detail: String::new(),
+                prev_hash: String::new(),
+                hash: String::new(),
+            }),
+        };
+        let inquiry_id = guard
+            .record
+            .as_ref()
+            .map(|r| r.inquiry_id.clone())
+            .unwrap_or_default();
         let result = self.run(caller, &input, deadline, &inquiry_id).await;
-        let (outcome, detail) = match &result {
-            Ok(_) => ("ok", String::new()),
-            Err(e) => (e.outcome(), e.to_string()),
-        };
-        let record = AuditRecord {
-            seq: 0,
-            time_micros: jiff::Timestamp::now().as_microsecond(),
-            inquiry_id: inquiry_id.clone(),
-            agency: caller.agency.clone(),
-            service: input.service,
-            purpose: input.purpose,
-            tracking_code: input.tracking_code,
-            service_request_id: input.service_request_id,
-            outcome: outcome.to_owned(),
-            latency_micros: started.elapsed().as_micros() as u64,
-            detail,
-            prev_hash: String::new(),
-            hash: String::new(),
-        };
-        if let Err(e) = self.audit.append(record).await {
+        if let Some(rec) = guard.record.as_mut() {
+            let (outcome, detail) = match &result {
+                Ok(_) => ("ok", String::new()),
+                Err(e) => (e.outcome(), e.audit_detail()),
+            };
+            rec.outcome = outcome.to_owned();
+            rec.detail = detail;
+            rec.latency_micros = guard.started.elapsed().as_micros() as u64;
+        }
+        if let Err(e) = self.audit.append_from(&mut guard.record).await {
             // No unaudited answer leaves the hub.
             return Err(HubError::Internal(format!("audit write failed: {e}")));
         }
@@ -227,6 +294,24 @@ impl Hub {
                 "context.purpose",
                 "purpose is required: say why the data is needed (one of your grant's purposes)",
             ));
+        } else if input.purpose.len() > MAX_PURPOSE_LEN {
+            violations.push(Violation::new(
+                "context.purpose",
+                format!("purpose is longer than {MAX_PURPOSE_LEN} bytes; give one of your grant's purposes"),
+            ));
+        }
+        if input.service_request_id.len() > MAX_SERVICE_REQUEST_ID_LEN {
+            violations.push(Violation::new(
+                "context.service_request_id",
+                format!("service_request_id is longer than {MAX_SERVICE_REQUEST_ID_LEN} bytes"),
+            ));
+        }
+        if input.service.len() > MAX_SERVICE_LEN {
+            violations.push(Violation::new(
+                "service",
+                format!("service id is longer than {MAX_SERVICE_LEN} bytes; call Inquiry/ListServices for the ids you may call"),
+            ));
+            return Err(HubError::Invalid(violations));
         }
         let state = self.policy.load();
         let policy = &state.policy;
@@ -254,6 +339,23 @@ impl Hub {
             Decision::Allow { fields, .. } => fields,
             Decision::Deny(deny) => return Err(HubError::Denied(deny)),
         };
+        // A typed method whose answer is one of the outputs (MatchMobile's `matched`,
+        // GetLifeStatus's `alive`) cannot answer without it: a missing field must not read
+        // as "false".
+        if let Some(missing) = input
+            .required_fields
+            .iter()
+            .find(|f| !fields.iter().any(|g| g == *f))
+        {
+            return Err(HubError::NotAllowed {
+                agency: caller.agency.clone(),
+                action: format!(
+                    "receive the field `{missing}` of service {}, which this method answers with; \
+                     its grant does not list it",
+                    input.service
+                ),
+            });
+        }
         // 4. Limit.
         state.check_rate(&caller.agency, &input.service)?;
         // 5. Call the provider under the caller's deadline.

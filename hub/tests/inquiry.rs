@@ -442,3 +442,245 @@ async fn list_services_shows_own_grants() {
     assert!(rcs.services.is_empty());
     hub.stop().await;
 }
+
+/// InquireMany runs its items concurrently under the one deadline: three providers that
+/// each take 600 ms all answer within a 1.5 s deadline (one after another they would
+/// need 1.8 s, and the last ones would be DEADLINE_EXCEEDED).
+#[tokio::test]
+async fn inquire_many_runs_items_concurrently_under_one_deadline() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    let le = hub.samples()["legal_entities"][0]["legal_entity_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for sim in [&hub.sims.shahkar, &hub.sims.civil_registry, &hub.sims.tax] {
+        sim.set_delay(Duration::from_millis(600));
+    }
+    let item = |service: &str, purpose: &str, params: Vec<(&str, &str)>| InquireRequest {
+        context: ctx("TRK-FAN-0001", purpose),
+        service: service.into(),
+        params: params
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        fields: vec![],
+    };
+    let mut req = tonic::Request::new(InquireManyRequest {
+        items: vec![
+            item(
+                "cra.shahkar.match",
+                KYC,
+                vec![("national_code", &nc), ("mobile", &mobile)],
+            ),
+            item("nocr.life-status", KYC, vec![("national_code", &nc)]),
+            item("inta.taxpayer", CREDIT, vec![("legal_entity_id", &le)]),
+        ],
+    });
+    req.set_timeout(Duration::from_millis(1500));
+    let resp = InquiryClient::new(hub.channel("cbi").await)
+        .inquire_many(req)
+        .await
+        .expect("the fan-out answers within its deadline")
+        .into_inner();
+    let statuses: Vec<(i32, String)> = resp
+        .items
+        .iter()
+        .map(|i| {
+            let s = i.status.as_ref().unwrap();
+            (s.code, s.message.clone())
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|(code, _)| *code == 0),
+        "every provider answers within the shared deadline: {statuses:?}"
+    );
+    hub.stop().await;
+}
+
+/// A failed InquireMany item carries the same rich details as a single call would: a bad
+/// national code names its field in a BadRequest.
+#[tokio::test]
+async fn inquire_many_item_errors_carry_field_details() {
+    let hub = TestHub::start().await;
+    let (nc, _) = hub.alive(0);
+    let resp = InquiryClient::new(hub.channel("cbi").await)
+        .inquire_many(InquireManyRequest {
+            items: vec![
+                InquireRequest {
+                    context: ctx("TRK-FAN-0002", KYC),
+                    service: "nocr.life-status".into(),
+                    params: [("national_code".to_string(), "1234567890".to_string())].into(),
+                    fields: vec![],
+                },
+                InquireRequest {
+                    context: ctx("TRK-FAN-0002", KYC),
+                    service: "nocr.life-status".into(),
+                    params: [("national_code".to_string(), nc)].into(),
+                    fields: vec![],
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bad = resp.items[0].status.as_ref().unwrap();
+    assert_eq!(bad.code, Code::InvalidArgument as i32);
+    let status = tonic::Status::with_details(
+        Code::from(bad.code),
+        bad.message.clone(),
+        tonic::codegen::Bytes::from(bad.details.clone()),
+    );
+    assert_eq!(violated_fields(&status), ["params.national_code"]);
+    assert_eq!(resp.items[1].status.as_ref().unwrap().code, 0);
+    hub.stop().await;
+}
+
+/// A caller that goes away while the provider is still working leaves an audit record
+/// (outcome `cancelled`): no inquiry escapes the audit log.
+#[tokio::test]
+async fn cancelled_inquiry_is_still_audited() {
+    let hub = TestHub::start().await;
+    let (nc, _) = hub.alive(0);
+    hub.sims.civil_registry.set_delay(Duration::from_secs(3));
+    let ch = hub.channel("cbi").await;
+    let mut client = CivilRegistryClient::new(ch.clone());
+    let call = client.get_life_status(GetLifeStatusRequest {
+        context: ctx("TRK-GONE-0001", KYC),
+        national_code: nc,
+    });
+    // No grpc-timeout: the client simply gives up, which resets the stream.
+    assert!(tokio::time::timeout(Duration::from_millis(300), call)
+        .await
+        .is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let outcomes = loop {
+        let trail = InquiryClient::new(ch.clone())
+            .trace(TraceRequest {
+                tracking_code: "TRK-GONE-0001".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !trail.entries.is_empty() || Instant::now() > deadline {
+            break trail
+                .entries
+                .into_iter()
+                .map(|e| e.outcome)
+                .collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcomes, ["cancelled"]);
+    hub.stop().await;
+}
+
+/// The audit log keeps why an inquiry failed but never the subject's identifiers: a
+/// not-found person's national code is in the caller's error, not in the trail.
+#[tokio::test]
+async fn audit_detail_never_holds_the_subject() {
+    let hub = TestHub::start().await;
+    let ch = hub.channel("cbi").await;
+    // A valid national code the simulators do not know.
+    let unknown = (100_000_000u64..)
+        .map(|p| tabadol_policy::ids::national_code_from_prefix(&format!("{p:09}")))
+        .find(|nc| hub.dataset.person(nc).is_none())
+        .unwrap();
+    let err = CivilRegistryClient::new(ch.clone())
+        .get_life_status(GetLifeStatusRequest {
+            context: ctx("TRK-NF-00001", KYC),
+            national_code: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let trail = InquiryClient::new(ch)
+        .trace(TraceRequest {
+            tracking_code: "TRK-NF-00001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trail.entries.len(), 1);
+    assert_eq!(trail.entries[0].outcome, "not_found");
+    assert!(trail.entries[0].detail.contains("nocr"));
+    assert!(
+        !trail.entries[0].detail.contains(&unknown),
+        "audit detail leaks the national code: {}",
+        trail.entries[0].detail
+    );
+    hub.stop().await;
+}
+
+/// A typed method cannot answer without its key output: with a life-status grant that
+/// lacks `alive`, GetLifeStatus is PERMISSION_DENIED naming the field instead of a
+/// misleading `alive = false`, while the generic path returns what is granted.
+#[tokio::test]
+async fn typed_method_without_its_key_field_is_denied() {
+    let policy = common::copy_policy();
+    let grants = policy.path().join("grants.yaml");
+    let text = std::fs::read_to_string(&grants).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .windows(2)
+        .position(|w| w[0].contains("agency: moh") && w[1].contains("nocr.life-status"))
+        .expect("moh life-status grant");
+    let mut edited: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    assert!(edited[at + 2].contains("fields: [alive, death_date]"));
+    edited[at + 2] = edited[at + 2].replace("[alive, death_date]", "[death_date]");
+    std::fs::write(&grants, edited.join("\n")).unwrap();
+
+    let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
+    let ch = hub.channel("moh").await;
+    let (nc, _) = hub.alive(0);
+    let err = CivilRegistryClient::new(ch.clone())
+        .get_life_status(GetLifeStatusRequest {
+            context: ctx("TRK-KEY-0001", PATIENT),
+            national_code: nc.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("`alive`"), "{}", err.message());
+
+    let resp = InquiryClient::new(ch)
+        .inquire(InquireRequest {
+            context: ctx("TRK-KEY-0001", PATIENT),
+            service: "nocr.life-status".into(),
+            params: [("national_code".to_string(), nc)].into(),
+            fields: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = resp.records[0].fields.keys().cloned().collect();
+    assert_eq!(keys, ["death_date"]);
+    hub.stop().await;
+}
+
+/// Oversized context strings are refused as INVALID_ARGUMENT naming the field, so one
+/// call cannot write megabytes into the audit log.
+#[tokio::test]
+async fn oversized_context_is_refused() {
+    let hub = TestHub::start().await;
+    let (nc, _) = hub.alive(0);
+    let mut context = ctx("TRK-BIG-0001", KYC).unwrap();
+    context.purpose = "k".repeat(100_000);
+    context.service_request_id = "r".repeat(10_000);
+    let err = CivilRegistryClient::new(hub.channel("cbi").await)
+        .get_life_status(GetLifeStatusRequest {
+            context: Some(context),
+            national_code: nc,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(fields, ["context.purpose", "context.service_request_id"]);
+    assert!(
+        err.message().len() < 1_000,
+        "the error must not echo the input"
+    );
+    hub.stop().await;
+}

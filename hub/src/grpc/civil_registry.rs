@@ -35,6 +35,7 @@ impl CivilRegistry for CivilRegistryService {
             IDENTITY,
             [("national_code", national_code)],
             fields,
+            &[],
         );
         let out = self.0.inquire(&caller, input, deadline).await?;
         let mut r = out.records.into_iter().next().unwrap_or_default();
@@ -68,6 +69,7 @@ impl CivilRegistry for CivilRegistryService {
             LIFE_STATUS,
             [("national_code", national_code)],
             Vec::new(),
+            &["alive"],
         );
         let out = self.0.inquire(&caller, input, deadline).await?;
         let r = out.records.into_iter().next().unwrap_or_default();

@@ -35,6 +35,7 @@ fn to_input(req: InquireRequest) -> InquiryInput {
         service,
         params: params.into_iter().collect(),
         fields,
+        required_fields: &[],
     }
 }
 
@@ -108,16 +109,22 @@ impl Inquiry for InquiryService {
                     status: Some(ItemStatus {
                         code: 0,
                         message: String::new(),
+                        details: Vec::new(),
                     }),
                     response: Some(resp),
                 },
-                Err(e) => InquireManyItem {
-                    status: Some(ItemStatus {
-                        code: e.code() as i32,
-                        message: e.to_string(),
-                    }),
-                    response: None,
-                },
+                Err(e) => {
+                    // The same status (message, rich details) a single call would get.
+                    let status = Status::from(e);
+                    InquireManyItem {
+                        status: Some(ItemStatus {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                            details: status.details().to_vec(),
+                        }),
+                        response: None,
+                    }
+                }
             })
             .collect();
         Ok(Response::new(InquireManyResponse { items }))

@@ -54,6 +54,7 @@ pub(crate) fn input(
     service: &str,
     params: impl IntoIterator<Item = (&'static str, String)>,
     fields: Vec<String>,
+    required_fields: &'static [&'static str],
 ) -> InquiryInput {
     let InquiryContext {
         tracking_code,
@@ -71,6 +72,7 @@ pub(crate) fn input(
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
         fields,
+        required_fields,
     }
 }
 

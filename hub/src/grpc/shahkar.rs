@@ -31,6 +31,7 @@ impl Shahkar for ShahkarService {
             SERVICE,
             [("national_code", national_code), ("mobile", mobile)],
             Vec::new(),
+            &["matched"],
         );
         let out = self.0.inquire(&caller, input, deadline).await?;
         let matched = out

@@ -33,6 +33,7 @@ impl Tax for TaxService {
             SERVICE,
             [("national_code", nc), ("legal_entity_id", le)],
             Vec::new(),
+            &[],
         );
         let out = self.0.inquire(&caller, input, deadline).await?;
         let mut r = out.records.into_iter().next().unwrap_or_default();

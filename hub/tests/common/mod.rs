@@ -24,6 +24,20 @@ pub fn policy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/national")
 }
 
+/// A copy of the shipped national policy in a temporary directory, to be edited by a test.
+pub fn copy_policy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "agencies.yaml",
+        "services.yaml",
+        "grants.yaml",
+        "subscriptions.yaml",
+    ] {
+        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
@@ -39,12 +53,21 @@ impl TestHub {
     /// A hub whose relay produces to `brokers`, giving up on one message after
     /// `message_timeout_ms` (then the relay retries it).
     pub async fn start_with_kafka(kafka: Option<(&str, u64)>) -> TestHub {
+        Self::start_with(kafka, policy_dir()).await
+    }
+
+    /// A hub running the policy in `policy` instead of the shipped one.
+    pub async fn start_with_policy(policy: PathBuf) -> TestHub {
+        Self::start_with(None, policy).await
+    }
+
+    async fn start_with(kafka: Option<(&str, u64)>, policy: PathBuf) -> TestHub {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let opts = DevOptions {
             dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            policy: Some(policy_dir()),
+            policy: Some(policy),
             kafka: None,
             simulate_events: None,
         };
