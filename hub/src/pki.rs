@@ -23,6 +23,8 @@ pub enum PkiError {
     },
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
     #[error("{path} exists but {other} is missing; delete the pki directory or restore the file")]
     Partial { path: PathBuf, other: PathBuf },
 }
@@ -162,6 +164,42 @@ pub fn issue(ca: &PemPair, spec: &LeafSpec) -> Result<PemPair, PkiError> {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// A certificate revocation list signed by `ca` that revokes the given PEM certificates
+/// (as of now; next update in 7 days), PEM encoded — what `tls.crls` in the hub config
+/// points at.
+pub fn revocation_list(ca: &PemPair, revoked: &[&str]) -> Result<String, PkiError> {
+    use rcgen::{
+        CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+        SerialNumber,
+    };
+    use rustls_pki_types::pem::PemObject;
+    let ca_key = KeyPair::from_pem(&ca.key)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, &ca_key)?;
+    let now = OffsetDateTime::now_utc();
+    let mut revoked_certs = Vec::with_capacity(revoked.len());
+    for pem in revoked {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| PkiError::Invalid(format!("not a PEM certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| PkiError::Invalid(format!("unreadable certificate: {e}")))?;
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(cert.raw_serial()),
+            revocation_time: now - Duration::minutes(1),
+            reason_code: Some(RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: now - Duration::minutes(1),
+        next_update: now + Duration::days(7),
+        crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(&issuer)?.pem()?)
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

@@ -62,6 +62,16 @@ impl TestHub {
     }
 
     async fn start_with(kafka: Option<(&str, u64)>, policy: PathBuf) -> TestHub {
+        Self::start_configured(kafka, policy, |_, _| {}).await
+    }
+
+    /// A hub whose configuration `configure` may change once the dev environment (PKI
+    /// under the given directory) exists and before the hub starts.
+    pub async fn start_configured(
+        kafka: Option<(&str, u64)>,
+        policy: PathBuf,
+        configure: impl FnOnce(&PkiLayout, &mut tabadol_hub::config::Config),
+    ) -> TestHub {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let opts = DevOptions {
@@ -73,10 +83,11 @@ impl TestHub {
         };
         let mut env = prepare(&opts).await.expect("dev environment");
         env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::config::KafkaSection {
-            brokers: brokers.to_owned(),
             message_timeout_ms: ms,
-            properties: Default::default(),
+            topic_replication: 1, // one test broker
+            ..tabadol_hub::config::KafkaSection::new(brokers)
         });
+        configure(&PkiLayout::new(dir.path().join("pki")), &mut env.config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
             .await
