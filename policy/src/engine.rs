@@ -142,9 +142,12 @@ impl Policy {
             .enumerate()
             .map(|(i, a)| (a.id.clone(), i))
             .collect();
+        // A blank common name never identifies an agency (the loader refuses one; this
+        // guards policies built by hand).
         let agency_by_cn = agencies
             .iter()
             .enumerate()
+            .filter(|(_, a)| !a.certificate.common_name.trim().is_empty())
             .map(|(i, a)| (a.certificate.common_name.clone(), i))
             .collect();
         let service_by_id: HashMap<String, usize> = services
@@ -163,6 +166,8 @@ impl Policy {
                 .filter(|o| g.fields.contains(o))
                 .cloned()
                 .collect();
+            // Loaded dates (years 1..=3000) convert exactly; a hand-built date past jiff's
+            // range saturates, so the grant then starts or ends never rather than panicking.
             let compiled = CompiledGrant {
                 service: si,
                 from: g.valid_from.map(|d| d.start_in_tehran()),
@@ -206,8 +211,12 @@ impl Policy {
         self.agency_by_id.get(id).map(|&i| &self.agencies[i])
     }
 
-    /// The agency whose client certificate has this subject common name.
+    /// The agency whose client certificate has this subject common name; `None` for an
+    /// empty or blank name (a certificate without a CN is nobody).
     pub fn agency_for_common_name(&self, cn: &str) -> Option<&Agency> {
+        if cn.trim().is_empty() {
+            return None;
+        }
         self.agency_by_cn.get(cn).map(|&i| &self.agencies[i])
     }
 

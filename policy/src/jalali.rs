@@ -1,17 +1,37 @@
 //! Solar Hijri (Jalali) dates as written in policy files and reports, converted to and from
 //! `jiff` civil dates through `icu_calendar`'s Persian calendar (no hand-rolled arithmetic).
+//!
+//! Dates read from text are limited to the years [`MIN_YEAR`]`..=`[`MAX_YEAR`], so every
+//! one of them converts to a jiff date and instant. The `try_*` conversions never panic and
+//! say when a date cannot be converted; the plain ones never panic either and saturate at
+//! jiff's limits for dates built field by field outside that range.
 
 use std::fmt;
 use std::str::FromStr;
 
 use icu_calendar::cal::{Iso, Persian};
+use icu_calendar::types::RataDie;
 use icu_calendar::Date;
 use jiff::tz::TimeZone;
 
 /// The time zone in which policy dates are read (Iran Standard Time).
 pub const TEHRAN: &str = "Asia/Tehran";
 
+/// The earliest Jalali year accepted in policy files and requests.
+pub const MIN_YEAR: i32 = 1;
+
+/// The latest Jalali year accepted in policy files and requests: `icu_calendar`'s Persian
+/// calendar is verified up to 3000 AP (3621–22 CE), well inside jiff's limit of 9999 CE
+/// (which Jalali 9379 already passes).
+pub const MAX_YEAR: i32 = 3000;
+
+/// Rata Die day 1, the day `icu_calendar` counts from.
+const RATA_DIE_EPOCH: jiff::civil::Date = jiff::civil::Date::constant(1, 1, 1);
+
 /// A valid Jalali calendar date, e.g. `1400/08/18` (= 2021-11-09).
+///
+/// [`JalaliDate::new`] and parsing accept the years [`MIN_YEAR`]`..=`[`MAX_YEAR`];
+/// [`JalaliDate::from_civil`] represents any jiff date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JalaliDate {
     /// Solar Hijri year, e.g. 1400.
@@ -51,18 +71,19 @@ pub enum JalaliError {
         "`{0}` is not a Jalali date and time; write it as YYYY/MM/DD HH:MM, e.g. 1405/09/01 02:00"
     )]
     DateTimeFormat(String),
-    /// Outside the range the calendar library supports.
-    #[error("year {0} is out of range")]
+    /// Outside the years accepted ([`MIN_YEAR`]`..=`[`MAX_YEAR`]), or not convertible to
+    /// a jiff date or instant.
+    #[error("year {0} is out of range; year must be between 1 and 3000")]
     Range(i32),
 }
 
 impl JalaliDate {
-    /// A validated date.
+    /// A validated date; the year must be in [`MIN_YEAR`]`..=`[`MAX_YEAR`].
     pub fn new(year: i32, month: u8, day: u8) -> Result<Self, JalaliError> {
         if !(1..=12).contains(&month) {
             return Err(JalaliError::Month { month });
         }
-        if !(-9999..=9999).contains(&year) {
+        if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
             return Err(JalaliError::Range(year));
         }
         let first = Date::try_new_persian(year, month, 1).map_err(|_| JalaliError::Range(year))?;
@@ -78,26 +99,51 @@ impl JalaliDate {
         Ok(Self { year, month, day })
     }
 
-    fn icu(&self) -> Date<Persian> {
-        Date::try_new_persian(self.year, self.month, self.day)
-            .expect("JalaliDate fields are validated on construction")
+    /// The error for a date that cannot be converted: the reason `new` would give, or
+    /// [`JalaliError::Range`] for a date outside what jiff represents.
+    fn unconvertible(&self) -> JalaliError {
+        JalaliDate::new(self.year, self.month, self.day)
+            .err()
+            .unwrap_or(JalaliError::Range(self.year))
     }
 
-    /// The same day in the proleptic Gregorian calendar.
+    /// `low` for dates before the accepted range, `high` otherwise: where the plain
+    /// conversions saturate when the `try_*` ones fail.
+    fn saturate<T>(&self, low: T, high: T) -> T {
+        if self.year < MIN_YEAR {
+            low
+        } else {
+            high
+        }
+    }
+
+    /// The same day in the proleptic Gregorian calendar, or an error when it is past
+    /// jiff's range (only possible for a date built field by field, bypassing
+    /// [`JalaliDate::new`]).
+    pub fn try_to_civil(&self) -> Result<jiff::civil::Date, JalaliError> {
+        let persian = Date::try_new_persian(self.year, self.month, self.day)
+            .map_err(|_| self.unconvertible())?;
+        let iso = persian.to_calendar(Iso);
+        let year = i16::try_from(iso.year().extended_year()).map_err(|_| self.unconvertible())?;
+        let month = i8::try_from(iso.month().ordinal).map_err(|_| self.unconvertible())?;
+        let day = i8::try_from(iso.day_of_month().0).map_err(|_| self.unconvertible())?;
+        jiff::civil::Date::new(year, month, day).map_err(|_| self.unconvertible())
+    }
+
+    /// The same day in the proleptic Gregorian calendar. Exact for every date from
+    /// [`JalaliDate::new`], parsing or [`JalaliDate::from_civil`]; never panics, and
+    /// otherwise (a date built field by field) saturates at jiff's earliest date for years
+    /// before 1 and at its latest date for the rest.
     pub fn to_civil(&self) -> jiff::civil::Date {
-        let iso = self.icu().to_calendar(Iso);
-        jiff::civil::date(
-            iso.year().extended_year() as i16,
-            iso.month().ordinal as i8,
-            iso.day_of_month().0 as i8,
-        )
+        self.try_to_civil()
+            .unwrap_or_else(|_| self.saturate(jiff::civil::Date::MIN, jiff::civil::Date::MAX))
     }
 
     /// The same day in the Jalali calendar.
     pub fn from_civil(date: jiff::civil::Date) -> JalaliDate {
-        let iso = Date::try_new_iso(i32::from(date.year()), date.month() as u8, date.day() as u8)
-            .expect("every jiff date is in icu's range");
-        let p = iso.to_calendar(Persian);
+        // Counting days needs no fallible construction: every jiff date has a Rata Die.
+        let days = date.duration_since(RATA_DIE_EPOCH).as_secs() / 86_400;
+        let p = Date::from_rata_die(RataDie::new(days + 1), Persian);
         JalaliDate {
             year: p.year().extended_year(),
             month: p.month().ordinal,
@@ -105,22 +151,40 @@ impl JalaliDate {
         }
     }
 
-    /// The first instant of this day in Tehran.
-    pub fn start_in_tehran(&self) -> jiff::Timestamp {
-        self.to_civil()
+    /// The first instant of this day in Tehran, or an error when it is outside jiff's
+    /// range.
+    pub fn try_start_in_tehran(&self) -> Result<jiff::Timestamp, JalaliError> {
+        let zoned = self
+            .try_to_civil()?
             .to_zoned(tehran())
-            .expect("start of a day in Tehran is representable")
-            .timestamp()
+            .map_err(|_| self.unconvertible())?;
+        Ok(zoned.timestamp())
     }
 
-    /// The first instant of the next day in Tehran (exclusive end of this day).
-    pub fn end_in_tehran(&self) -> jiff::Timestamp {
-        self.to_civil()
+    /// The first instant of the next day in Tehran (exclusive end of this day), or an
+    /// error when it is outside jiff's range.
+    pub fn try_end_in_tehran(&self) -> Result<jiff::Timestamp, JalaliError> {
+        let zoned = self
+            .try_to_civil()?
             .tomorrow()
-            .expect("dates in policy are far from jiff's limits")
-            .to_zoned(tehran())
-            .expect("start of a day in Tehran is representable")
-            .timestamp()
+            .and_then(|d| d.to_zoned(tehran()))
+            .map_err(|_| self.unconvertible())?;
+        Ok(zoned.timestamp())
+    }
+
+    /// The first instant of this day in Tehran; never panics, and saturates at jiff's
+    /// earliest or latest instant when [`JalaliDate::try_start_in_tehran`] fails.
+    pub fn start_in_tehran(&self) -> jiff::Timestamp {
+        self.try_start_in_tehran()
+            .unwrap_or_else(|_| self.saturate(jiff::Timestamp::MIN, jiff::Timestamp::MAX))
+    }
+
+    /// The first instant of the next day in Tehran (exclusive end of this day); never
+    /// panics, and saturates at jiff's earliest or latest instant when
+    /// [`JalaliDate::try_end_in_tehran`] fails.
+    pub fn end_in_tehran(&self) -> jiff::Timestamp {
+        self.try_end_in_tehran()
+            .unwrap_or_else(|_| self.saturate(jiff::Timestamp::MIN, jiff::Timestamp::MAX))
     }
 
     /// Today's date in Tehran at instant `at`.
@@ -192,14 +256,25 @@ pub struct JalaliDateTime {
 }
 
 impl JalaliDateTime {
-    /// The instant this wall-clock time denotes in Tehran.
-    pub fn to_timestamp(&self) -> jiff::Timestamp {
-        self.date
-            .to_civil()
+    /// The instant this wall-clock time denotes in Tehran, or an error when it is outside
+    /// jiff's range.
+    pub fn try_to_timestamp(&self) -> Result<jiff::Timestamp, JalaliError> {
+        let zoned = self
+            .date
+            .try_to_civil()?
             .to_datetime(self.time)
             .to_zoned(tehran())
-            .expect("policy date-times are representable")
-            .timestamp()
+            .map_err(|_| self.date.unconvertible())?;
+        Ok(zoned.timestamp())
+    }
+
+    /// The instant this wall-clock time denotes in Tehran; never panics, and saturates at
+    /// jiff's earliest or latest instant when [`JalaliDateTime::try_to_timestamp`] fails.
+    pub fn to_timestamp(&self) -> jiff::Timestamp {
+        self.try_to_timestamp().unwrap_or_else(|_| {
+            self.date
+                .saturate(jiff::Timestamp::MIN, jiff::Timestamp::MAX)
+        })
     }
 }
 
@@ -320,5 +395,80 @@ mod tests {
         );
         let dt: JalaliDateTime = "1405/09/01 02:00".parse().unwrap();
         assert_eq!(dt.to_string(), "1405/09/01 02:00");
+    }
+
+    /// Only years 1 to 3000 are accepted, with a sentence saying so; the last accepted day
+    /// converts exactly (Jalali 9999 would be past jiff's Gregorian year 9999).
+    #[test]
+    fn years_limited_to_1_through_3000() {
+        for (text, year) in [
+            ("9999/12/29", 9999),
+            ("3001/01/01", 3001),
+            ("0000/01/01", 0),
+        ] {
+            let e = text.parse::<JalaliDate>().unwrap_err();
+            assert_eq!(e, JalaliError::Range(year), "{text}");
+            assert_eq!(
+                e.to_string(),
+                format!("year {year} is out of range; year must be between 1 and 3000")
+            );
+        }
+        assert!("9999/12/29 02:00".parse::<JalaliDateTime>().is_err());
+        let last: JalaliDate = "3000/12/29".parse().unwrap();
+        let civil = last.try_to_civil().unwrap();
+        assert_eq!(JalaliDate::from_civil(civil), last);
+        assert_eq!(last.to_civil(), civil);
+        assert!(last.try_start_in_tehran().unwrap() < last.try_end_in_tehran().unwrap());
+        assert!(j("0001/01/01").try_to_civil().is_ok());
+    }
+
+    /// Conversions never panic, even for dates built field by field past jiff's range or at
+    /// jiff's very limits: `try_*` report the year, the plain forms saturate in order.
+    #[test]
+    fn conversions_never_panic() {
+        let far = JalaliDate {
+            year: 9999,
+            month: 12,
+            day: 29,
+        };
+        assert_eq!(far.try_to_civil(), Err(JalaliError::Range(9999)));
+        assert_eq!(far.to_civil(), jiff::civil::Date::MAX);
+        assert_eq!(far.start_in_tehran(), jiff::Timestamp::MAX);
+        assert_eq!(far.end_in_tehran(), jiff::Timestamp::MAX);
+        let far_time = JalaliDateTime {
+            date: far,
+            time: jiff::civil::time(2, 0, 0, 0),
+        };
+        assert!(far_time.try_to_timestamp().is_err());
+        assert_eq!(far_time.to_timestamp(), jiff::Timestamp::MAX);
+
+        let early = JalaliDate {
+            year: -20000,
+            month: 1,
+            day: 1,
+        };
+        assert_eq!(early.to_civil(), jiff::civil::Date::MIN);
+        assert_eq!(early.start_in_tehran(), jiff::Timestamp::MIN);
+        assert_eq!(early.end_in_tehran(), jiff::Timestamp::MIN);
+
+        let bad_day = JalaliDate {
+            year: 1400,
+            month: 12,
+            day: 30,
+        };
+        assert!(matches!(
+            bad_day.try_to_civil(),
+            Err(JalaliError::Day { max: 29, .. })
+        ));
+
+        // The last jiff day has no tomorrow: its end saturates instead of panicking.
+        let last = JalaliDate::from_civil(jiff::civil::Date::MAX);
+        assert_eq!(last.to_civil(), jiff::civil::Date::MAX);
+        assert!(last.try_end_in_tehran().is_err());
+        assert_eq!(last.end_in_tehran(), jiff::Timestamp::MAX);
+        let first = JalaliDate::from_civil(jiff::civil::Date::MIN);
+        let _ = (first.start_in_tehran(), first.end_in_tehran());
+        let _ = JalaliDate::in_tehran(jiff::Timestamp::MAX);
+        let _ = JalaliDate::in_tehran(jiff::Timestamp::MIN);
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{Agency, Grant, Rate, Service, Subscription};
+use crate::model::{Agency, Approval, Grant, Rate, Service, Subscription};
 use crate::yaml::{self, Node, Step};
 
 /// File names inside a policy directory.
@@ -361,6 +361,35 @@ impl Checker {
         }
     }
 
+    /// A working-group approval must name its body, session and item (R1).
+    fn check_approval<T>(&mut self, l: &Loaded<T>, i: usize, a: &Approval, who: &str) {
+        let at = |key| [Step::Key("approved"), Step::Key(key)];
+        if a.body.trim().is_empty() {
+            self.at(
+                l,
+                i,
+                &at("body"),
+                format!("{who}: approved.body is empty; name the approving body, e.g. `interoperability-working-group`"),
+            );
+        }
+        if a.session == 0 {
+            self.at(
+                l,
+                i,
+                &at("session"),
+                format!("{who}: approved.session must be at least 1; write the number of the session that approved it, e.g. 26"),
+            );
+        }
+        if a.item.trim().is_empty() {
+            self.at(
+                l,
+                i,
+                &at("item"),
+                format!("{who}: approved.item is empty; write the item of the session's resolutions as written there, e.g. \"access resolution, item 3\""),
+            );
+        }
+    }
+
     fn check_agencies(&mut self, l: &Loaded<Agency>) {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut cns: HashMap<&str, &str> = HashMap::new();
@@ -392,7 +421,17 @@ impl Checker {
                     ),
                 );
             }
-            if let Some(other) = cns.insert(&a.certificate.common_name, &a.id) {
+            if a.certificate.common_name.trim().is_empty() {
+                self.at(
+                    l,
+                    *i,
+                    &[Step::Key("certificate"), Step::Key("common_name")],
+                    format!(
+                        "{who}: certificate common_name is empty; write the subject CN of the agency's client certificate, e.g. `{}.agency.tabadol.ir`",
+                        a.id
+                    ),
+                );
+            } else if let Some(other) = cns.insert(&a.certificate.common_name, &a.id) {
                 self.at(
                     l,
                     *i,
@@ -643,6 +682,7 @@ impl Checker {
                 }
             }
             self.check_rate(l, i, &g.rate, &who);
+            self.check_approval(l, i, &g.approved, &who);
         }
     }
 
@@ -674,6 +714,7 @@ impl Checker {
                     .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
                 self.at(l, i, &[Step::Key("agency")], format!("{who}: this agency already has a subscription (line {line}); merge them into one"));
             }
+            self.check_approval(l, i, &s.approved, &who);
             if s.event_types.is_empty() {
                 self.at(
                     l,

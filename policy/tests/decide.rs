@@ -294,3 +294,55 @@ fn grants_for_sorted_and_no_subscriptions() {
     assert!(p.subscriptions().is_empty());
     assert!(p.may_publish("nocr", "death.v1"));
 }
+
+/// Validated source of the test policy, for compiling hand-modified copies.
+fn source() -> tabadol_policy::load::PolicySource {
+    tabadol_policy::load::load_sources(
+        Path::new("policy"),
+        Sources {
+            agencies: Some(AGENCIES),
+            services: Some(SERVICES),
+            grants: Some(GRANTS),
+            subscriptions: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An empty or blank common name never maps to an agency, even if a hand-built policy
+/// (bypassing the loader) gives an agency one.
+#[test]
+fn blank_common_name_never_maps_to_an_agency() {
+    let p = policy();
+    assert_eq!(p.agency_for_common_name(""), None);
+    for blank in ["", "  "] {
+        let mut src = source();
+        src.agencies[0].certificate.common_name = blank.to_owned();
+        let p = Policy::compile(src);
+        assert_eq!(p.agency_for_common_name(""), None, "{blank:?}");
+        assert_eq!(p.agency_for_common_name(blank), None, "{blank:?}");
+        assert!(p.agency_for_common_name("nocr.agency.tabadol.ir").is_some());
+    }
+}
+
+/// Compiling a hand-built policy whose grant ends past jiff's range does not panic: the
+/// window saturates, so the grant simply never expires.
+#[test]
+fn compile_never_panics_on_far_future_dates() {
+    let mut src = source();
+    src.grants[0].valid_until = Some(tabadol_policy::jalali::JalaliDate {
+        year: 9999,
+        month: 12,
+        day: 29,
+    });
+    let p = Policy::compile(src);
+    assert!(decide(
+        &p,
+        "moe",
+        "cra.shahkar.match",
+        "customer-verification",
+        "9999-01-01T00:00:00Z",
+        &[]
+    )
+    .is_allow());
+}

@@ -244,3 +244,145 @@ fn unknown_input_kind_points_at_value() {
         "{errs}"
     );
 }
+
+/// Asserts that `errs` is exactly one error per `(needle, message part)`, in that order, each
+/// at the first occurrence of its needle after `anchor` in `text`, in file `file`.
+fn assert_errors_at(
+    errs: &PolicyErrors,
+    dir: &Path,
+    file: &str,
+    text: &str,
+    anchor: &str,
+    expected: &[(&str, &str)],
+) {
+    assert_eq!(errs.len(), expected.len(), "{errs}");
+    for (e, (needle, part)) in errs.iter().zip(expected) {
+        let (line, column) = locate(text, anchor, needle);
+        assert_eq!(e.file, dir.join(file), "{e}");
+        assert_eq!((e.line, e.column), (line, column), "{e}");
+        assert!(e.message.contains(part), "expected `{part}` in: {e}");
+    }
+}
+
+/// A far-future `valid_until` (Jalali 9999 is past jiff's Gregorian year 9999) is an
+/// ordinary loader error at the date, saying the allowed years — not a panic in compile.
+#[test]
+fn far_future_valid_until_is_a_loader_error() {
+    let (dir, text) = broken_copy("grants.yaml", |t| {
+        t.replacen(
+            "    valid_from: 1400/08/18\n",
+            "    valid_from: 1400/08/18\n    valid_until: 9999/12/29\n",
+            1,
+        )
+    });
+    let errs = errors(dir.path());
+    assert_errors_at(
+        &errs,
+        dir.path(),
+        "grants.yaml",
+        &text,
+        "",
+        &[(
+            "9999/12/29",
+            "grant moe → cra.shahkar.match: year 9999 is out of range; year must be between 1 and 3000",
+        )],
+    );
+}
+
+/// A far-future maintenance window is refused at load time instead of panicking later, when
+/// an inquiry checks whether the service is under maintenance.
+#[test]
+fn far_future_maintenance_is_a_loader_error() {
+    let (dir, text) = broken_copy("services.yaml", |t| {
+        t.replacen(
+            "until: \"1405/09/01 04:00\"",
+            "until: \"9500/09/01 04:00\"",
+            1,
+        )
+    });
+    let errs = errors(dir.path());
+    assert_errors_at(
+        &errs,
+        dir.path(),
+        "services.yaml",
+        &text,
+        "",
+        &[(
+            "\"9500/09/01",
+            "service nocr.identity: year 9500 is out of range; year must be between 1 and 3000",
+        )],
+    );
+}
+
+/// An empty or blank certificate common name is refused at the value: a client certificate
+/// without a CN must never map to an agency.
+#[test]
+fn empty_common_name_is_rejected() {
+    for blank in ["\"\"", "\"   \""] {
+        let (dir, text) = broken_copy("agencies.yaml", |t| {
+            t.replacen(
+                "{ common_name: cra.agency.tabadol.ir }",
+                &format!("{{ common_name: {blank} }}"),
+                1,
+            )
+        });
+        let errs = errors(dir.path());
+        assert_errors_at(
+            &errs,
+            dir.path(),
+            "agencies.yaml",
+            &text,
+            "  - id: cra",
+            &[(
+                blank,
+                "agency cra: certificate common_name is empty; write the subject CN of the agency's client certificate",
+            )],
+        );
+    }
+}
+
+/// An approval with an empty `body`, `session: 0` and a blank `item` gets one error per key,
+/// each at its value and saying what to write.
+#[test]
+fn incomplete_approval_in_grant_is_rejected() {
+    let (dir, text) = broken_copy("grants.yaml", |t| {
+        t.replacen(
+            "      body: interoperability-working-group\n      session: 26\n      date: 1400/08/18\n      item: access resolution, item 3\n",
+            "      body: \"\"\n      session: 0\n      date: 1400/08/18\n      item: \"  \"\n",
+            1,
+        )
+    });
+    let errs = errors(dir.path());
+    assert_errors_at(
+        &errs,
+        dir.path(),
+        "grants.yaml",
+        &text,
+        "  - agency: moe",
+        &[
+            ("\"\"", "grant moe → cra.shahkar.match: approved.body is empty; name the approving body"),
+            ("0\n      date", "grant moe → cra.shahkar.match: approved.session must be at least 1; write the number of the session"),
+            ("\"  \"", "grant moe → cra.shahkar.match: approved.item is empty; write the item"),
+        ],
+    );
+}
+
+/// Subscriptions' approvals are checked the same way as grants' (here `session: 0`).
+#[test]
+fn incomplete_approval_in_subscription_is_rejected() {
+    let (dir, text) = broken_copy("subscriptions.yaml", |t| {
+        t.replacen("session: 26", "session: 0", 1)
+    });
+    let errs = errors(dir.path());
+    assert_errors_at(
+        &errs,
+        dir.path(),
+        "subscriptions.yaml",
+        &text,
+        "  - agency: cbi",
+        &[(
+            "0, date",
+            "subscription of cbi: approved.session must be at least 1",
+        )],
+    );
+}
