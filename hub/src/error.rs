@@ -50,6 +50,15 @@ pub enum HubError {
     },
     #[error("provider {provider} did not answer within the caller's deadline ({} ms)", budget.as_millis())]
     DeadlineExceeded { provider: String, budget: Duration },
+    #[error("service {service} of provider {provider} is in planned maintenance until {until} (Tehran time){}; retry after it", if note.is_empty() { String::new() } else { format!(": {note}") })]
+    Maintenance {
+        provider: String,
+        service: String,
+        /// End of the window, Jalali Tehran wall-clock time.
+        until: String,
+        note: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Provider(#[from] ProviderError),
     #[error("no adapter is configured for provider {0}; check the `providers` section of the hub config")]
@@ -74,6 +83,7 @@ impl HubError {
             HubError::UnknownService(_) => "unknown_service",
             HubError::Denied(_) | HubError::NotAllowed { .. } => "denied",
             HubError::RateLimited { .. } => "rate_limited",
+            HubError::Maintenance { .. } => "maintenance",
             HubError::DeadlineExceeded { .. } => "deadline_exceeded",
             HubError::Provider(p) => match p {
                 ProviderError::Timeout { .. } => "deadline_exceeded",
@@ -140,6 +150,7 @@ impl HubError {
             HubError::UnknownService(_) => Code::NotFound,
             HubError::Denied(_) | HubError::NotAllowed { .. } => Code::PermissionDenied,
             HubError::RateLimited { .. } => Code::ResourceExhausted,
+            HubError::Maintenance { .. } => Code::Unavailable,
             HubError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             HubError::Provider(p) => match p {
                 ProviderError::Timeout { .. } => Code::DeadlineExceeded,
@@ -177,7 +188,8 @@ impl From<HubError> for Status {
                     .collect::<Vec<_>>();
                 Status::with_error_details(code, message, ErrorDetails::with_bad_request(fv))
             }
-            HubError::RateLimited { retry_after, .. } => Status::with_error_details(
+            HubError::RateLimited { retry_after, .. }
+            | HubError::Maintenance { retry_after, .. } => Status::with_error_details(
                 code,
                 message,
                 ErrorDetails::with_retry_info(Some(*retry_after)),

@@ -356,6 +356,22 @@ impl Hub {
                 ),
             });
         }
+        // A planned outage announced in the catalog (R14): say so, and when to come back,
+        // instead of letting the call fail against a provider that is down on purpose.
+        let now = jiff::Timestamp::now();
+        if let Some(window) = service.maintenance_at(now) {
+            let until = window.until.to_timestamp();
+            return Err(HubError::Maintenance {
+                provider: service.provider.clone(),
+                service: service.id.clone(),
+                until: window.until.to_string(),
+                note: window.note.clone().unwrap_or_default(),
+                retry_after: until
+                    .duration_since(now)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO),
+            });
+        }
         // 4. Limit.
         state.check_rate(&caller.agency, &input.service)?;
         // 5. Call the provider under the caller's deadline.

@@ -684,3 +684,77 @@ async fn oversized_context_is_refused() {
     );
     hub.stop().await;
 }
+
+/// During a planned maintenance window announced in services.yaml (R14) the service is
+/// UNAVAILABLE saying until when, with a RetryInfo, audited as `maintenance`; ListServices
+/// announces the window; other services answer as usual.
+#[tokio::test]
+async fn planned_maintenance_is_announced_and_enforced() {
+    use tonic_types::StatusExt;
+    let policy = common::copy_policy();
+    let services = policy.path().join("services.yaml");
+    let text = std::fs::read_to_string(&services).unwrap();
+    assert!(text.contains(r#"from: "1405/09/01 02:00""#));
+    let text = text
+        .replace(r#"from: "1405/09/01 02:00""#, r#"from: "1400/01/01 00:00""#)
+        .replace(
+            r#"until: "1405/09/01 04:00""#,
+            r#"until: "1420/01/01 00:00""#,
+        );
+    std::fs::write(&services, text).unwrap();
+
+    let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
+    let ch = hub.channel("cbi").await;
+    let (nc, mobile) = hub.alive(0);
+    let err = CivilRegistryClient::new(ch.clone())
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-MAINT-001", KYC),
+            national_code: nc.clone(),
+            fields: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("planned maintenance until 1420/01/01 00:00"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("identity database upgrade"),
+        "{}",
+        err.message()
+    );
+    let retry = err.get_details_retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.unwrap() > Duration::from_secs(86_400));
+
+    ShahkarClient::new(ch.clone())
+        .match_mobile(match_req("TRK-MAINT-001", &nc, &mobile))
+        .await
+        .expect("Shahkar has no maintenance");
+
+    let trail = InquiryClient::new(ch.clone())
+        .trace(TraceRequest {
+            tracking_code: "TRK-MAINT-001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<&str> = trail.entries.iter().map(|e| e.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["maintenance", "ok"]);
+
+    let list = InquiryClient::new(ch)
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let identity = list
+        .services
+        .iter()
+        .find(|s| s.service == "nocr.identity")
+        .unwrap();
+    assert_eq!(identity.maintenance.len(), 1);
+    assert!(identity.maintenance[0].starts_with("1400/01/01 00:00 – 1420/01/01 00:00"));
+    hub.stop().await;
+}

@@ -177,6 +177,7 @@ impl Inquiry for InquiryService {
     ) -> Result<Response<ListServicesResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
         let state = self.0.policy();
+        let now = jiff::Timestamp::now();
         let services = state
             .policy
             .grants_for(&caller.agency)
@@ -192,6 +193,15 @@ impl Inquiry for InquiryService {
                 approved: crate::pipeline::approval_text(&g.approved),
                 valid_from: g.valid_from.map(|d| d.to_string()).unwrap_or_default(),
                 valid_until: g.valid_until.map(|d| d.to_string()).unwrap_or_default(),
+                maintenance: s
+                    .maintenance
+                    .iter()
+                    .filter(|w| w.until.to_timestamp() > now)
+                    .map(|w| match &w.note {
+                        Some(note) => format!("{} – {}: {note}", w.from, w.until),
+                        None => format!("{} – {}", w.from, w.until),
+                    })
+                    .collect(),
             })
             .collect();
         Ok(Response::new(ListServicesResponse {
