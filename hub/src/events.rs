@@ -130,7 +130,10 @@ pub fn tehran_day(micros: i64) -> JalaliDate {
 }
 
 /// Computes the manifest of `day` for `agency`, over the event types it subscribes to.
-/// A subscriber recomputes the same digest over the events it received.
+/// A subscriber recomputes the same digest over the events it received. Only acknowledged
+/// events count ([`Outbox::read_after`] stops at the last flushed one); the result is
+/// final only for a day that is [`crate::manifests::day_closed`], computed after
+/// [`Outbox::settled`].
 pub fn manifest(
     outbox: &Outbox,
     tokens: &Tokens,

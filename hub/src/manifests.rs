@@ -26,12 +26,37 @@ use crate::tokens::Tokens;
 
 const TREE: &str = "manifests";
 
-/// How long after midnight a day is closed, so a publish in flight at midnight is on disk.
-const GRACE: Duration = Duration::from_secs(5);
+/// How long after Tehran midnight a day counts as closed, so a publish accepted just
+/// before midnight and still being flushed is on disk before the day's manifest is fixed.
+/// Shared by the daily task and `Events/GetManifest` (see [`day_closed`]).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often undelivered manifests are retried on Kafka.
 const RETRY: Duration = Duration::from_secs(60);
 /// How many past days are closed at start-up when the hub was down at midnight.
 const CATCH_UP_DAYS: i32 = 7;
+
+/// The instant from which `day`'s manifest may be fixed: the next Tehran midnight plus
+/// [`CLOSE_GRACE`].
+pub fn closes_at(day: JalaliDate) -> jiff::Timestamp {
+    let end = day.end_in_tehran();
+    end.checked_add(CLOSE_GRACE).unwrap_or(end)
+}
+
+/// Whether `day` is closed at `now`: its manifest is final and may be stored. Before
+/// that (also during the grace after midnight) it is computed but never stored.
+pub fn day_closed(day: JalaliDate, now: jiff::Timestamp) -> bool {
+    now >= closes_at(day)
+}
+
+/// Time from `now` until `at`, zero when `at` has passed.
+fn until(at: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    let d = at.duration_since(now);
+    if d.is_negative() {
+        Duration::ZERO
+    } else {
+        d.unsigned_abs()
+    }
+}
 
 /// The Kafka topic of one subscriber's manifests.
 pub fn topic(agency: &str) -> String {
@@ -134,7 +159,8 @@ impl ManifestStore {
 }
 
 /// Closes `day` for every subscriber that has no manifest for it yet; returns how many
-/// manifests were created.
+/// manifests were created. Call it only for a day that is [`day_closed`], after
+/// [`Outbox::settled`], so no event of the day is still being written.
 pub fn close_day(
     day: JalaliDate,
     hub: &Hub,
@@ -266,7 +292,15 @@ pub fn spawn(
                     .into_iter()
                     .collect()
             };
+            // A day still within its grace (woken early, or started just after midnight)
+            // is left for the round at its closing time.
+            let mut next_close = closes_at(today);
+            outbox.settled().await;
             for day in days {
+                if !day_closed(day, now) {
+                    next_close = next_close.min(closes_at(day));
+                    continue;
+                }
                 if let Err(e) = close_day(day, &hub, &outbox, &tokens, &store) {
                     tracing::error!(message = "cannot close the daily manifests", day = %day, error = %e);
                 }
@@ -276,15 +310,11 @@ pub fn spawn(
             if let Some(k) = &kafka {
                 pending = !deliver(k, &store).await;
             }
-            let until_midnight = today
-                .end_in_tehran()
-                .duration_since(jiff::Timestamp::now())
-                .unsigned_abs()
-                + GRACE;
+            let until_close = until(next_close, jiff::Timestamp::now());
             let wait = if pending {
-                RETRY.min(until_midnight)
+                RETRY.min(until_close)
             } else {
-                until_midnight
+                until_close
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {},
@@ -412,5 +442,38 @@ mod tests {
         store.mark_delivered(&m).unwrap();
         assert!(store.undelivered().unwrap().is_empty());
         assert_eq!(store.get("ihio", "1405/09/01").unwrap(), None);
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A day is closed only from CLOSE_GRACE after the next Tehran midnight (UTC+03:30):
+    /// not during the day, not in the grace, from the grace on.
+    #[test]
+    fn day_closes_after_midnight_plus_grace() {
+        // 1405/09/01 is 2026-11-22; it ends at 2026-11-22T20:30:00Z.
+        let day: JalaliDate = "1405/09/01".parse().unwrap();
+        assert_eq!(day.to_civil(), jiff::civil::date(2026, 11, 22));
+        assert_eq!(closes_at(day), at("2026-11-22T20:30:05Z"));
+        assert_eq!(CLOSE_GRACE, Duration::from_secs(5));
+        for (now, closed) in [
+            ("2026-11-22T10:00:00Z", false),
+            ("2026-11-22T20:29:59.999Z", false),
+            ("2026-11-22T20:30:00Z", false),
+            ("2026-11-22T20:30:04.999999Z", false),
+            ("2026-11-22T20:30:05Z", true),
+            ("2026-11-23T12:00:00Z", true),
+        ] {
+            assert_eq!(day_closed(day, at(now)), closed, "{now}");
+        }
+        assert_eq!(
+            until(closes_at(day), at("2026-11-22T20:30:02Z")),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            until(closes_at(day), at("2026-11-23T00:00:00Z")),
+            Duration::ZERO
+        );
     }
 }

@@ -3,7 +3,12 @@
 //!
 //! Sequence numbers are dense (1, 2, 3, …) so a subscriber resuming "after N" gets every
 //! later event exactly once. Publisher event ids are deduplicated: publishing the same id
-//! again returns the original acknowledgement.
+//! again with the same content returns the original acknowledgement; with different
+//! content it is refused ([`OutboxError::Conflict`]).
+//!
+//! Readers see an event only once it is acknowledged: [`Outbox::read_after`] never goes
+//! past [`Outbox::last_seq`], which moves only after the event is flushed. An event whose
+//! flush failed is removed again, so nothing half-published is ever delivered.
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
@@ -38,6 +43,17 @@ pub enum OutboxError {
     Store(#[from] sled::Error),
     #[error("outbox record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// The publisher's event id was already used for an event with different content.
+    /// Names the fields that differ, never their values (no national code).
+    #[error("event_id `{event_id}` of {publisher} was already used for a different event (sequence {seq}; differs in {}); give a new event a new event_id", .differs.join(", "))]
+    Conflict {
+        publisher: String,
+        event_id: String,
+        /// Sequence number of the event first published under this id.
+        seq: u64,
+        /// Names of the fields that differ: `type`, `national_code`, `date`.
+        differs: Vec<&'static str>,
+    },
 }
 
 /// A new event handed to [`Outbox::publish`] (already validated).
@@ -69,6 +85,27 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, Outbox
         key: key.to_owned(),
         message: e.to_string(),
     })
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
+}
+
+impl StoredEvent {
+    /// The fields in which `ev` differs from this event (same publisher and event id).
+    fn differences(&self, ev: &NewEvent<'_>) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.event_type != ev.event_type {
+            d.push("type");
+        }
+        if self.national_code != ev.national_code {
+            d.push("national_code");
+        }
+        if self.date != ev.date {
+            d.push("date");
+        }
+        d
+    }
 }
 
 fn dedup_key(publisher: &str, event_id: &str) -> Vec<u8> {
@@ -104,17 +141,46 @@ impl Outbox {
     }
 
     /// Appends an event and returns once it is on disk. A publisher event id seen before
-    /// returns the original event and `true`.
+    /// returns the original event and `true` when the content is the same, and
+    /// [`OutboxError::Conflict`] when it is not.
     pub async fn publish(&self, ev: NewEvent<'_>) -> Result<(StoredEvent, bool), OutboxError> {
+        self.publish_with(ev, || self.db.flush_async()).await
+    }
+
+    /// [`Outbox::publish`] with the flush as a parameter, so a failing flush can be tested.
+    async fn publish_with<F, Fut>(
+        &self,
+        ev: NewEvent<'_>,
+        flush: F,
+    ) -> Result<(StoredEvent, bool), OutboxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = sled::Result<usize>>,
+    {
         let key = dedup_key(ev.publisher, ev.publisher_event_id);
         let mut last = self.publish_lock.lock().await;
         if let Some(seq) = self.dedup.get(&key)? {
-            let seq_bytes: [u8; 8] = seq.as_ref().try_into().unwrap_or([0; 8]);
-            if let Some(v) = self.events.get(seq_bytes)? {
-                return Ok((
-                    decode(&format!("event {}", u64::from_be_bytes(seq_bytes)), &v)?,
-                    true,
-                ));
+            let seq = seq_of(&seq);
+            // An entry beyond the acknowledged events, or pointing at another event, is
+            // left over from a publish whose undo failed: it is overwritten below.
+            if seq <= *last {
+                if let Some(v) = self.events.get(seq.to_be_bytes())? {
+                    let stored: StoredEvent = decode(&format!("event {seq}"), &v)?;
+                    if stored.publisher == ev.publisher
+                        && stored.publisher_event_id == ev.publisher_event_id
+                    {
+                        let differs = stored.differences(&ev);
+                        if !differs.is_empty() {
+                            return Err(OutboxError::Conflict {
+                                publisher: stored.publisher,
+                                event_id: stored.publisher_event_id,
+                                seq,
+                                differs,
+                            });
+                        }
+                        return Ok((stored, true));
+                    }
+                }
             }
         }
         let seq = *last + 1;
@@ -139,7 +205,7 @@ impl Outbox {
             message: e.to_string(),
         })?;
         // The event and its dedup entry are written atomically, then flushed to disk
-        // before anyone is told the event exists.
+        // before anyone is told the event exists (readers stop at `last`).
         use sled::Transactional;
         (&self.events, &self.dedup)
             .transaction(|(events, dedup)| {
@@ -154,7 +220,20 @@ impl Outbox {
                     message: "transaction aborted".into(),
                 },
             })?;
-        self.db.flush_async().await?;
+        if let Err(e) = flush().await {
+            // Not durable, so not published: take the event and its dedup entry back, so
+            // the next publish reuses the sequence number cleanly and a retry of this id
+            // is a new event. Best effort; a leftover is ignored by the checks above.
+            let undo = (&self.events, &self.dedup).transaction(|(events, dedup)| {
+                events.remove(&seq.to_be_bytes())?;
+                dedup.remove(key.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            });
+            if let Err(undo) = undo {
+                tracing::error!(message = "cannot undo an unflushed event", sequence = seq, error = ?undo);
+            }
+            return Err(OutboxError::Store(e));
+        }
         *last = seq;
         self.last_accepted
             .store(accepted_at_micros, std::sync::atomic::Ordering::Relaxed);
@@ -162,12 +241,28 @@ impl Outbox {
         Ok((stored, false))
     }
 
-    /// Up to `limit` events with sequence numbers above `after`, in order.
+    /// Waits until a publish in flight (if any) has finished or failed. Publishes queue
+    /// fairly on one lock, so afterwards every event accepted before the call is either
+    /// readable or gone, and every later one has a later acceptance time.
+    pub async fn settled(&self) {
+        drop(self.publish_lock.lock().await);
+    }
+
+    /// Up to `limit` acknowledged events with sequence numbers above `after`, in order.
+    /// Never reads past [`Outbox::last_seq`]: an event being written is not yet published.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, OutboxError> {
+        let last = self.last_seq();
         let mut out = Vec::new();
-        for item in self.events.range((after + 1).to_be_bytes()..).take(limit) {
+        if after >= last {
+            return Ok(out);
+        }
+        for item in self
+            .events
+            .range((after + 1).to_be_bytes()..=last.to_be_bytes())
+            .take(limit)
+        {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let seq = seq_of(&k);
             out.push(decode(&format!("event {seq}"), &v)?);
         }
         Ok(out)
@@ -282,5 +377,166 @@ mod tests {
         assert_eq!(rest[0].publisher_event_id, "e2");
         let (c, _) = ob.publish(ev("e3", "0012345679")).await.unwrap();
         assert_eq!(c.seq, 3);
+    }
+
+    fn open_temp() -> (tempfile::TempDir, Outbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let ob = Outbox::open(&db).unwrap();
+        (dir, ob)
+    }
+
+    fn seqs(events: &[StoredEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// An event written to the store but not yet acknowledged (its flush still running)
+    /// is invisible to readers: read_after stops at last_seq.
+    #[tokio::test]
+    async fn reads_stop_at_the_last_acknowledged_event() {
+        let (_dir, ob) = open_temp();
+        let (a, _) = ob.publish(ev("e1", "0012345679")).await.unwrap();
+        // Event 2 as it lies in the store between the transaction and the flush.
+        let mut pending = a.clone();
+        pending.seq = 2;
+        pending.publisher_event_id = "e2".into();
+        ob.events
+            .insert(2u64.to_be_bytes(), serde_json::to_vec(&pending).unwrap())
+            .unwrap();
+        assert_eq!(ob.last_seq(), 1);
+        assert_eq!(seqs(&ob.read_after(0, 10).unwrap()), [1]);
+        assert!(ob.read_after(1, 10).unwrap().is_empty());
+        assert!(ob.read_after(5, 10).unwrap().is_empty());
+        assert_eq!(ob.first_seq_at_or_after(i64::MAX).unwrap(), 2);
+    }
+
+    /// A publish whose flush fails returns the error and leaves nothing behind: no event,
+    /// no dedup entry, the sequence number is reused, and retrying the id is a new event.
+    #[tokio::test]
+    async fn failed_flush_leaves_nothing_behind() {
+        let (_dir, ob) = open_temp();
+        ob.publish(ev("e1", "0012345679")).await.unwrap();
+        let err = ob
+            .publish_with(ev("e2", "0012345679"), || async {
+                Err(sled::Error::Io(std::io::Error::other("disk full")))
+            })
+            .await
+            .expect_err("the flush failed");
+        assert!(matches!(err, OutboxError::Store(_)), "{err:?}");
+        assert_eq!(ob.last_seq(), 1);
+        assert!(ob.events.get(2u64.to_be_bytes()).unwrap().is_none());
+        assert!(ob.dedup.get(dedup_key("nocr", "e2")).unwrap().is_none());
+        assert_eq!(seqs(&ob.read_after(0, 10).unwrap()), [1]);
+
+        let (b, dup) = ob.publish(ev("e3", "0012345680")).await.unwrap();
+        assert_eq!((b.seq, dup), (2, false), "sequence 2 is reused");
+        let (c, dup) = ob.publish(ev("e2", "0012345679")).await.unwrap();
+        assert_eq!((c.seq, dup), (3, false), "the failed id is published anew");
+        assert_eq!(seqs(&ob.read_after(0, 10).unwrap()), [1, 2, 3]);
+    }
+
+    /// Dedup entries left behind by a failed undo (pointing past the acknowledged events
+    /// or at another event) never turn a new event into a false duplicate.
+    #[tokio::test]
+    async fn stale_dedup_entries_are_ignored() {
+        let (_dir, ob) = open_temp();
+        let (a, _) = ob.publish(ev("e1", "0012345679")).await.unwrap();
+        ob.dedup
+            .insert(dedup_key("nocr", "beyond"), &5u64.to_be_bytes())
+            .unwrap();
+        ob.dedup
+            .insert(dedup_key("nocr", "other"), &a.seq.to_be_bytes())
+            .unwrap();
+        let (b, dup) = ob.publish(ev("beyond", "0012345679")).await.unwrap();
+        assert_eq!((b.seq, dup), (2, false));
+        let (c, dup) = ob.publish(ev("other", "0012345679")).await.unwrap();
+        assert_eq!((c.seq, dup), (3, false));
+        // And their dedup entries now work.
+        let (again, dup) = ob.publish(ev("other", "0012345679")).await.unwrap();
+        assert_eq!((again, dup), (c, true));
+    }
+
+    /// Re-using an event id for different content is a conflict naming the fields (not
+    /// their values); the same content is still an idempotent duplicate.
+    #[tokio::test]
+    async fn same_id_different_content_conflicts() {
+        let (_dir, ob) = open_temp();
+        let (a, _) = ob.publish(ev("e1", "0012345679")).await.unwrap();
+        let err = ob
+            .publish(ev("e1", "0012345680"))
+            .await
+            .expect_err("another person under the same id");
+        match &err {
+            OutboxError::Conflict {
+                publisher,
+                event_id,
+                seq,
+                differs,
+            } => {
+                assert_eq!((publisher.as_str(), event_id.as_str()), ("nocr", "e1"));
+                assert_eq!((*seq, differs.as_slice()), (1, &["national_code"][..]));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`e1`") && msg.contains("different event"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("0012345679") && !msg.contains("0012345680"),
+            "{msg}"
+        );
+
+        let mut other = ev("e1", "0012345679");
+        other.event_type = "identity-change.v1";
+        other.date = "1405/08/29";
+        match ob.publish(other).await {
+            Err(OutboxError::Conflict { differs, .. }) => assert_eq!(differs, ["type", "date"]),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(ob.last_seq(), 1, "nothing was added");
+        let (again, dup) = ob.publish(ev("e1", "0012345679")).await.unwrap();
+        assert_eq!((again, dup), (a, true));
+        // Another publisher may use the same id for its own event.
+        let mut theirs = ev("e1", "0012345680");
+        theirs.publisher = "sabtahval";
+        assert_eq!(ob.publish(theirs).await.unwrap().0.seq, 2);
+    }
+
+    /// settled() returns at once when no publish is in flight and waits for one that is.
+    #[tokio::test]
+    async fn settled_waits_for_a_publish_in_flight() {
+        let (_dir, ob) = open_temp();
+        ob.settled().await;
+        let ob = std::sync::Arc::new(ob);
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let publisher = {
+            let ob = ob.clone();
+            tokio::spawn(async move {
+                ob.publish_with(ev("slow", "0012345679"), move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok(0)
+                })
+                .await
+                .unwrap()
+            })
+        };
+        started_rx.await.unwrap();
+        let settled = {
+            let ob = ob.clone();
+            tokio::spawn(async move { ob.settled().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!settled.is_finished(), "a publish is still flushing");
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), settled)
+            .await
+            .expect("settled once the publish is done")
+            .unwrap();
+        assert_eq!(ob.last_seq(), 1);
+        assert_eq!(publisher.await.unwrap().0.seq, 1);
     }
 }

@@ -2,10 +2,20 @@
 //! that only the hub holds (kept in the store, created on first use, never sent). Two
 //! subscribers get different tokens for the same person, and nobody without the secret
 //! can brute-force the 10-digit space offline.
+//!
+//! Online, a subscriber could still ask the hub for the tokens of the whole national-code
+//! space (about 10⁹ codes) and then recognise everyone in every broadcast. A per-agency
+//! budget on the number of codes tokenized ([`TokenizeBudget`], by default
+//! [`TOKENIZE_CODES_PER_DAY`] a day with a burst of [`TOKENIZE_CODES_BURST`]) makes that
+//! take years (10⁹ / 10⁶ ≈ 1000 days) while every call is audited.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::RwLock;
+use std::time::Duration;
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -75,9 +85,187 @@ impl Tokens {
     }
 }
 
+/// Default number of national codes one subscriber agency may tokenize per day.
+pub const TOKENIZE_CODES_PER_DAY: u32 = 1_000_000;
+/// Default burst: how many codes an agency with an unused budget may tokenize at once
+/// (one day's budget, e.g. for its first synchronisation); afterwards the budget refills
+/// evenly (one code every 86.4 ms by default).
+pub const TOKENIZE_CODES_BURST: u32 = 1_000_000;
+/// The period of [`TOKENIZE_CODES_PER_DAY`].
+pub const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A budget of national codes tokenized per agency: `codes` per `period`, at most `burst`
+/// at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenizeQuota {
+    pub codes: NonZeroU32,
+    pub period: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl Default for TokenizeQuota {
+    /// [`TOKENIZE_CODES_PER_DAY`] per day, burst [`TOKENIZE_CODES_BURST`].
+    fn default() -> Self {
+        Self {
+            codes: NonZeroU32::new(TOKENIZE_CODES_PER_DAY).expect("non-zero"),
+            period: DAY,
+            burst: NonZeroU32::new(TOKENIZE_CODES_BURST).expect("non-zero"),
+        }
+    }
+}
+
+impl fmt::Display for TokenizeQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.period.as_secs() {
+            86_400 => "day".to_owned(),
+            3_600 => "hour".to_owned(),
+            60 => "minute".to_owned(),
+            _ => format!("{} s", self.period.as_secs_f64()),
+        };
+        write!(
+            f,
+            "{} national codes per {per} (burst {})",
+            self.codes, self.burst
+        )
+    }
+}
+
+/// A Tokenize call that the agency's budget cannot cover (nothing was counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub agency: String,
+    pub quota: TokenizeQuota,
+    /// National codes the refused call asked for.
+    pub requested: u32,
+    /// When the budget covers the call again; `None` when the call is larger than the
+    /// burst and never fits (split it).
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tokenize quota of {} exhausted: {}; this call asks for {} codes; ",
+            self.agency, self.quota, self.requested
+        )?;
+        match self.retry_after {
+            Some(d) => write!(f, "retry after {} s", d.as_secs_f64().ceil() as u64),
+            None => write!(f, "send at most {} codes per call", self.quota.burst),
+        }
+    }
+}
+
+/// Per-agency budgets of national codes tokenized (a `governor` limiter keyed by agency,
+/// counting codes, not calls).
+pub struct TokenizeBudget {
+    quota: TokenizeQuota,
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl TokenizeBudget {
+    pub fn new(quota: TokenizeQuota) -> Self {
+        let every = (quota.period / quota.codes.get()).max(Duration::from_nanos(1));
+        let q = Quota::with_period(every)
+            .expect("a non-zero replenish interval")
+            .allow_burst(quota.burst);
+        Self {
+            quota,
+            limiter: RateLimiter::keyed(q),
+        }
+    }
+
+    pub fn quota(&self) -> TokenizeQuota {
+        self.quota
+    }
+
+    /// Takes `codes` national codes from `agency`'s budget, or refuses the whole call
+    /// (taking nothing) when the budget does not cover it.
+    pub fn take(&self, agency: &str, codes: usize) -> Result<(), QuotaExceeded> {
+        let requested = u32::try_from(codes).unwrap_or(u32::MAX);
+        let Some(n) = NonZeroU32::new(requested) else {
+            return Ok(());
+        };
+        let exceeded = |retry_after| QuotaExceeded {
+            agency: agency.to_owned(),
+            quota: self.quota,
+            requested,
+            retry_after,
+        };
+        match self.limiter.check_key_n(&agency.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(exceeded(Some(not_until.wait_time_from(
+                governor::clock::Clock::now(&governor::clock::DefaultClock::default()),
+            )))),
+            Err(_) => Err(exceeded(None)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small(codes: u32, burst: u32) -> TokenizeBudget {
+        TokenizeBudget::new(TokenizeQuota {
+            codes: NonZeroU32::new(codes).unwrap(),
+            period: Duration::from_secs(3600),
+            burst: NonZeroU32::new(burst).unwrap(),
+        })
+    }
+
+    /// The budget counts national codes, not calls: many small calls exhaust it like one
+    /// big one; a refused call takes nothing; each agency has its own budget.
+    #[test]
+    fn budget_counts_codes_per_agency() {
+        let b = small(10, 10);
+        assert_eq!(b.take("cbi", 4), Ok(()));
+        assert_eq!(b.take("cbi", 4), Ok(()));
+        let err = b.take("cbi", 3).expect_err("8 + 3 > 10");
+        assert_eq!((err.agency.as_str(), err.requested), ("cbi", 3));
+        // One code refills every 360 s; 2 are left, so the call of 3 fits in one refill.
+        let wait = err.retry_after.expect("fits later");
+        assert!(
+            wait > Duration::from_secs(350) && wait <= Duration::from_secs(360),
+            "{wait:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("10 national codes per hour (burst 10)") && msg.contains("retry after"),
+            "{msg}"
+        );
+        // The refused call took nothing: the 2 codes left are still there.
+        assert_eq!(b.take("cbi", 2), Ok(()));
+        assert!(b.take("cbi", 1).is_err());
+        // Another agency is unaffected.
+        assert_eq!(b.take("ihio", 10), Ok(()));
+        assert_eq!(b.take("cbi", 0), Ok(()), "nothing asked, nothing counted");
+    }
+
+    /// A call larger than the burst never fits and says so instead of naming a time.
+    #[test]
+    fn call_larger_than_the_burst_is_refused() {
+        let b = small(10, 5);
+        let err = b.take("cbi", 6).expect_err("6 > burst 5");
+        assert_eq!(err.retry_after, None);
+        assert!(
+            err.to_string().contains("at most 5 codes per call"),
+            "{err}"
+        );
+        assert_eq!(b.take("cbi", 5), Ok(()), "the refused call took nothing");
+    }
+
+    /// The defaults: 1,000,000 codes per day, burst 1,000,000.
+    #[test]
+    fn default_quota() {
+        let q = TokenizeQuota::default();
+        assert_eq!(
+            q.to_string(),
+            "1000000 national codes per day (burst 1000000)"
+        );
+        let b = TokenizeBudget::new(q);
+        assert_eq!(b.take("cbi", 1000), Ok(()));
+    }
 
     /// Tokens are stable per agency (also across reopen) and differ between agencies.
     #[test]

@@ -681,8 +681,20 @@ async fn manifest_matches_what_subscriber_received() {
     assert_eq!(mi.digest, digest(&ihio_got));
     assert_ne!(mi.digest, m.digest);
 
-    // Yesterday (also the default): nothing, and complete.
+    // Today is open: computed, never stored.
+    assert_eq!(
+        hub.handle
+            .manifests
+            .get("cbi", &day_before.to_string())
+            .unwrap(),
+        None,
+        "an open day is not stored"
+    );
+
+    // Yesterday (also the default): nothing, and complete — unless the test runs within
+    // CLOSE_GRACE after Tehran midnight, when yesterday is not closed yet.
     let yesterday = JalaliDate::from_civil(day_before.to_civil().yesterday().unwrap());
+    let closed_before = tabadol_hub::manifests::day_closed(yesterday, jiff::Timestamp::now());
     for day in [String::new(), yesterday.to_string()] {
         let y = cbi
             .get_manifest(GetManifestRequest { day })
@@ -691,8 +703,19 @@ async fn manifest_matches_what_subscriber_received() {
             .into_inner();
         assert_eq!(y.day, yesterday.to_string());
         assert_eq!(y.count, 0);
-        assert!(y.complete);
+        if closed_before {
+            assert!(y.complete);
+        }
         assert_eq!(y.digest, hex::encode(Sha256::digest(b"")));
+    }
+    if closed_before {
+        let stored = hub
+            .handle
+            .manifests
+            .get("cbi", &yesterday.to_string())
+            .unwrap()
+            .expect("a closed day is stored");
+        assert_eq!(stored.count, 0);
     }
 
     for agency in ["cra", "nocr"] {
@@ -753,4 +776,219 @@ async fn stop_ends_open_streams() {
         .expect_err("not an event");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("after_sequence = 2"));
+}
+
+/// Re-using a publisher event id for a different event (another person, type or date) is
+/// ALREADY_EXISTS naming the event id — without echoing any national code — and adds
+/// nothing; the same event again is still the original acknowledgement.
+#[tokio::test]
+async fn republishing_an_event_id_for_another_event_is_refused() {
+    let hub = TestHub::start().await;
+    let mut nocr = events(&hub, "nocr").await;
+    let (dead, death_date) = deceased(&hub, 0);
+    let (other, other_date) = deceased(&hub, 1);
+    let first = publish(&mut nocr, req("NOCR-D-0042", DEATH, &dead, &death_date)).await;
+
+    for r in [
+        req("NOCR-D-0042", DEATH, &other, &death_date),
+        req("NOCR-D-0042", CHANGE, &dead, "1405/08/30"),
+        req("NOCR-D-0042", DEATH, &other, &other_date),
+    ] {
+        let err = nocr
+            .publish(r.clone())
+            .await
+            .expect_err(&format!("{r:?} reuses the event id for another event"));
+        assert_eq!(err.code(), Code::AlreadyExists, "{r:?}: {err:?}");
+        let msg = err.message();
+        assert!(msg.contains("NOCR-D-0042"), "{msg}");
+        assert!(msg.contains("already used for a different event"), "{msg}");
+        assert!(
+            !msg.contains(&dead) && !msg.contains(&other),
+            "the message echoes a national code: {msg}"
+        );
+    }
+    assert_eq!(hub.handle.outbox.last_seq(), 1, "nothing was added");
+
+    let again = publish(&mut nocr, req("NOCR-D-0042", DEATH, &dead, &death_date)).await;
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.sequence, again.hub_event_id, again.accepted_at),
+        (first.sequence, first.hub_event_id, first.accepted_at)
+    );
+
+    // The refusals are audited, without the national codes.
+    let conflicts: Vec<_> = hub
+        .handle
+        .hub
+        .audit()
+        .iter()
+        .map(|r| r.expect("audit record readable"))
+        .filter(|r| r.service == "events.publish" && r.outcome == "conflict")
+        .collect();
+    assert_eq!(conflicts.len(), 3, "{conflicts:#?}");
+    assert!(conflicts
+        .iter()
+        .all(|r| !r.detail.contains(&dead) && !r.detail.contains(&other)));
+    stop(hub).await;
+}
+
+/// Four publishers at once (50 events each) while a subscriber streams: the subscriber
+/// gets exactly sequences 1..=200, in order, each acknowledged event once — no gap, no
+/// duplicate, nothing unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers_stream_without_gaps() {
+    const TASKS: usize = 4;
+    const EACH: usize = 50;
+    let hub = std::sync::Arc::new(TestHub::start().await);
+    let mut stream = subscribe(&hub, "cbi", 0, &[]).await;
+    let (nc, date) = deceased(&hub, 0);
+
+    let publishers: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let hub = hub.clone();
+            let (nc, date) = (nc.clone(), date.clone());
+            tokio::spawn(async move {
+                let mut nocr = events(&hub, "nocr").await;
+                let mut acks = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    let ack =
+                        publish(&mut nocr, req(&format!("CONC-{t}-{i}"), DEATH, &nc, &date)).await;
+                    assert!(!ack.duplicate);
+                    acks.push(ack);
+                }
+                acks
+            })
+        })
+        .collect();
+    let got = take(&mut stream, TASKS * EACH).await;
+    let mut acks = Vec::new();
+    for p in publishers {
+        acks.extend(p.await.expect("publisher task"));
+    }
+    assert_eq!(
+        got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=(TASKS * EACH) as u64).collect::<Vec<_>>(),
+        "exactly 1..=200 in order"
+    );
+    acks.sort_by_key(|a| a.sequence);
+    assert_eq!(
+        acks.iter().map(|a| a.sequence).collect::<Vec<_>>(),
+        (1..=(TASKS * EACH) as u64).collect::<Vec<_>>(),
+        "dense acknowledgements"
+    );
+    for (ev, ack) in got.iter().zip(&acks) {
+        assert_eq!(ev.id, ack.hub_event_id, "sequence {}", ev.sequence);
+    }
+    assert_quiet(&mut stream).await;
+    let hub = std::sync::Arc::into_inner(hub).expect("publishers are done");
+    stop(hub).await;
+}
+
+/// A valid national code from a 9-digit prefix (R11 check digit).
+fn national_code(prefix: u32) -> String {
+    tabadol_policy::ids::national_code_from_prefix(&format!("{prefix:09}"))
+}
+
+/// An Events service with a small Tokenize quota, called directly (no transport) as the
+/// agency whose certificate CN is `{agency}.agency.tabadol.ir`.
+struct QuotaHarness {
+    _dir: tempfile::TempDir,
+    svc: tabadol_hub::grpc::events::EventsService,
+}
+
+impl QuotaHarness {
+    fn new(quota: tabadol_hub::tokens::TokenizeQuota) -> Self {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
+        let audit = tabadol_hub::audit::Audit::open(&db, Default::default()).unwrap();
+        let hub = Arc::new(tabadol_hub::pipeline::Hub::new(
+            policy,
+            Default::default(),
+            audit,
+        ));
+        let svc = tabadol_hub::grpc::events::EventsService::with_options(
+            hub,
+            Arc::new(tabadol_hub::outbox::Outbox::open(&db).unwrap()),
+            Arc::new(tabadol_hub::tokens::Tokens::open(&db).unwrap()),
+            Arc::new(tabadol_hub::manifests::ManifestStore::open(&db).unwrap()),
+            tabadol_hub::grpc::events::EventsOptions {
+                tokenize_quota: quota,
+            },
+        );
+        Self { _dir: dir, svc }
+    }
+
+    async fn tokenize(&self, agency: &str, codes: &[String]) -> Result<Vec<String>, tonic::Status> {
+        use tabadol_proto::v1::events_server::Events;
+        let mut r = tonic::Request::new(TokenizeRequest {
+            national_codes: codes.to_vec(),
+        });
+        r.extensions_mut().insert(tabadol_hub::tls::PeerInfo {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            common_name: Some(format!("{agency}.agency.tabadol.ir")),
+            serial: "01".into(),
+        });
+        self.svc.tokenize(r).await.map(|r| r.into_inner().tokens)
+    }
+}
+
+/// The Tokenize quota counts national codes, not calls: with 10 codes per hour, 6 + 6
+/// codes is refused with RESOURCE_EXHAUSTED, RetryInfo and a QuotaFailure naming the
+/// quota; a refused or invalid call takes nothing; repeated codes count once; each agency
+/// has its own budget.
+#[tokio::test]
+async fn tokenize_quota_counts_national_codes() {
+    use std::num::NonZeroU32;
+    use tonic_types::StatusExt;
+    let h = QuotaHarness::new(tabadol_hub::tokens::TokenizeQuota {
+        codes: NonZeroU32::new(10).unwrap(),
+        period: Duration::from_secs(3600),
+        burst: NonZeroU32::new(10).unwrap(),
+    });
+    let codes: Vec<String> = (0..12).map(|i| national_code(100_000 + i)).collect();
+
+    // Six distinct codes, one of them twice: 6 counted.
+    let mut first = codes[..6].to_vec();
+    first.push(codes[0].clone());
+    assert_eq!(h.tokenize("cbi", &first).await.unwrap().len(), 7);
+
+    let err = h
+        .tokenize("cbi", &codes[6..12])
+        .await
+        .expect_err("6 + 6 codes exceed 10 per hour");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("10 national codes per hour (burst 10)"),
+        "{}",
+        err.message()
+    );
+    let details = err.get_error_details();
+    let retry = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay");
+    assert!(retry > Duration::from_secs(60), "{retry:?}");
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "agency:cbi");
+    assert!(quota.violations[0]
+        .description
+        .contains("10 national codes per hour"));
+
+    // Invalid calls are refused as such and take nothing.
+    let mut bad = codes[6..8].to_vec();
+    let other_digit = if bad[1].ends_with('0') { "1" } else { "0" };
+    bad[1].replace_range(9..10, other_digit);
+    let err = h.tokenize("cbi", &bad).await.expect_err("bad check digit");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // The 4 codes left are still there, then nothing.
+    assert_eq!(h.tokenize("cbi", &codes[6..10]).await.unwrap().len(), 4);
+    let err = h.tokenize("cbi", &codes[10..11]).await.expect_err("spent");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    // Another subscriber has its own budget.
+    assert_eq!(h.tokenize("ihio", &codes[..10]).await.unwrap().len(), 10);
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -16,20 +17,38 @@ use tabadol_proto::v1::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::audit::AuditRecord;
 use crate::error::{HubError, Violation};
 use crate::events::{for_subscriber, manifest, validate_publish};
-use crate::manifests::ManifestStore;
-use crate::outbox::{NewEvent, Outbox};
+use crate::manifests::{day_closed, ManifestStore};
+use crate::outbox::{NewEvent, Outbox, OutboxError};
 use crate::pipeline::{Caller, Hub};
-use crate::tokens::Tokens;
+use crate::tokens::{QuotaExceeded, TokenizeBudget, TokenizeQuota, Tokens};
 
 /// Most national codes in one Tokenize call.
 pub const MAX_TOKENIZE: usize = 1000;
-/// Tokenize calls per second per agency (burst twice that).
+/// Tokenize calls per second per agency (burst twice that). The number of national codes
+/// is limited separately by [`EventsOptions::tokenize_quota`].
 const TOKENIZE_PER_SECOND: u32 = 5;
+/// Events queued per Subscribe stream.
+const STREAM_QUEUE: usize = 64;
+/// How long a stream ended for shutdown waits for room in its queue to tell the
+/// subscriber where to resume (a subscriber that does not read holds up the stop no longer).
+const RESUME_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Domain of `ErrorInfo` details.
+const DOMAIN: &str = "tabadol.ir";
+
+/// Settings of the Events service.
+#[derive(Debug, Clone, Default)]
+pub struct EventsOptions {
+    /// National codes each subscriber agency may tokenize; by default
+    /// [`crate::tokens::TOKENIZE_CODES_PER_DAY`] per day, burst
+    /// [`crate::tokens::TOKENIZE_CODES_BURST`].
+    pub tokenize_quota: TokenizeQuota,
+}
 
 /// State behind the Events service.
 pub struct EventsService {
@@ -38,6 +57,7 @@ pub struct EventsService {
     pub tokens: Arc<Tokens>,
     pub manifests: Arc<ManifestStore>,
     tokenize_limits: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    tokenize_budget: TokenizeBudget,
     stopping: Arc<watch::Sender<bool>>,
 }
 
@@ -61,6 +81,136 @@ fn resume_status(cursor: u64) -> Status {
     ))
 }
 
+/// How a publish whose event id was used before for another event is refused.
+fn conflict_status(e: &OutboxError) -> Status {
+    let mut meta = HashMap::new();
+    if let OutboxError::Conflict {
+        event_id,
+        seq,
+        differs,
+        ..
+    } = e
+    {
+        meta.insert("event_id".to_owned(), event_id.clone());
+        meta.insert("sequence".to_owned(), seq.to_string());
+        meta.insert("differs".to_owned(), differs.join(","));
+    }
+    Status::with_error_details(
+        Code::AlreadyExists,
+        e.to_string(),
+        ErrorDetails::with_error_info("EVENT_ID_REUSED", DOMAIN, meta),
+    )
+}
+
+/// How a Tokenize call beyond the agency's quota is refused: RESOURCE_EXHAUSTED with
+/// RetryInfo (when the call fits later) and a QuotaFailure naming the quota.
+fn quota_status(q: &QuotaExceeded) -> Status {
+    let mut d = ErrorDetails::new();
+    if let Some(after) = q.retry_after {
+        d.set_retry_info(Some(after));
+    }
+    d.add_quota_failure_violation(
+        format!("agency:{}", q.agency),
+        format!("events.tokenize: {}", q.quota),
+    );
+    d.set_error_info(
+        "TOKENIZE_QUOTA_EXCEEDED",
+        DOMAIN,
+        HashMap::from([
+            ("agency".to_owned(), q.agency.clone()),
+            ("quota".to_owned(), q.quota.to_string()),
+        ]),
+    );
+    Status::with_error_details(Code::ResourceExhausted, q.to_string(), d)
+}
+
+/// Why a Tokenize call was refused.
+enum TokenizeRefusal {
+    Hub(HubError),
+    Quota(QuotaExceeded),
+}
+
+impl From<HubError> for TokenizeRefusal {
+    fn from(e: HubError) -> Self {
+        TokenizeRefusal::Hub(e)
+    }
+}
+
+/// Ends a stream stopped for shutdown with where to resume. Waits (briefly) for room in
+/// the queue, which is full exactly when the subscriber has events still to read.
+async fn send_resume(tx: &mpsc::Sender<Result<Event, Status>>, cursor: u64) {
+    match tokio::time::timeout(RESUME_SEND_TIMEOUT, tx.send(Err(resume_status(cursor)))).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            message = "subscriber does not read; stream ended without the resume position",
+            after_sequence = cursor,
+        ),
+    }
+}
+
+/// Streams `agency`'s events of the `wanted` types after `after_sequence` into a queue of
+/// `capacity`, until the receiver goes away or `stopping` turns true (then the last item
+/// is UNAVAILABLE naming the `after_sequence` to resume from).
+fn spawn_stream(
+    outbox: Arc<Outbox>,
+    tokens: Arc<Tokens>,
+    agency: String,
+    wanted: Vec<String>,
+    after_sequence: u64,
+    mut stopping: watch::Receiver<bool>,
+    capacity: usize,
+) -> mpsc::Receiver<Result<Event, Status>> {
+    let (tx, rx) = mpsc::channel::<Result<Event, Status>>(capacity);
+    tokio::spawn(async move {
+        let mut watch = outbox.watch();
+        // The last sequence handed to the stream (or skipped as not wanted).
+        let mut cursor = after_sequence;
+        loop {
+            if *stopping.borrow() {
+                send_resume(&tx, cursor).await;
+                return;
+            }
+            // Only acknowledged events (read_after stops at the last flushed one).
+            let batch = match outbox.read_after(cursor, 256) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(HubError::Internal(e.to_string()).into())).await;
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    changed = stopping.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            for ev in batch {
+                if !wanted.contains(&ev.event_type) {
+                    cursor = ev.seq;
+                    continue;
+                }
+                let item = tokens
+                    .token(&agency, &ev.national_code)
+                    .map(|t| for_subscriber(&ev, t))
+                    .map_err(|e| HubError::Internal(e.to_string()).into());
+                // Once stopping, nothing more is sent but where to resume.
+                tokio::select! {
+                    biased;
+                    _ = stopping.changed() => {
+                        send_resume(&tx, cursor).await;
+                        return;
+                    }
+                    sent = tx.send(item) => if sent.is_err() { return },
+                }
+                cursor = ev.seq;
+            }
+        }
+    });
+    rx
+}
+
 impl EventsService {
     pub fn new(
         hub: Arc<Hub>,
@@ -68,12 +218,23 @@ impl EventsService {
         tokens: Arc<Tokens>,
         manifests: Arc<ManifestStore>,
     ) -> Self {
+        Self::with_options(hub, outbox, tokens, manifests, EventsOptions::default())
+    }
+
+    pub fn with_options(
+        hub: Arc<Hub>,
+        outbox: Arc<Outbox>,
+        tokens: Arc<Tokens>,
+        manifests: Arc<ManifestStore>,
+        options: EventsOptions,
+    ) -> Self {
         Self {
             hub,
             outbox,
             tokens,
             manifests,
             tokenize_limits: Mutex::new(HashMap::new()),
+            tokenize_budget: TokenizeBudget::new(options.tokenize_quota),
             stopping: Arc::new(watch::channel(false).0),
         }
     }
@@ -197,7 +358,7 @@ impl Events for EventsService {
             .await?;
             return Err(e.into());
         }
-        let (ev, duplicate) = self
+        let published = self
             .outbox
             .publish(NewEvent {
                 publisher: &caller.agency,
@@ -206,8 +367,23 @@ impl Events for EventsService {
                 national_code: &national_code,
                 date: &date,
             })
-            .await
-            .map_err(|e| HubError::Internal(e.to_string()))?;
+            .await;
+        let (ev, duplicate) = match published {
+            Ok(p) => p,
+            Err(e @ OutboxError::Conflict { .. }) => {
+                // The message names the event id and the differing fields, no values.
+                self.audit(
+                    &caller,
+                    "events.publish",
+                    &event_id,
+                    "conflict",
+                    e.to_string(),
+                )
+                .await?;
+                return Err(conflict_status(&e));
+            }
+            Err(e) => return Err(HubError::Internal(e.to_string()).into()),
+        };
         self.audit(
             &caller,
             "events.publish",
@@ -265,58 +441,19 @@ impl Events for EventsService {
             }
             types
         };
-        let mut stopping = self.stopping.subscribe();
+        let stopping = self.stopping.subscribe();
         if *stopping.borrow() {
             return Err(resume_status(after_sequence));
         }
-        let (tx, rx) = mpsc::channel::<Result<Event, Status>>(64);
-        let outbox = self.outbox.clone();
-        let tokens = self.tokens.clone();
-        let agency = caller.agency.clone();
-        tokio::spawn(async move {
-            let mut watch = outbox.watch();
-            // The last sequence handed to the stream (or skipped as not wanted).
-            let mut cursor = after_sequence;
-            loop {
-                if *stopping.borrow() {
-                    let _ = tx.try_send(Err(resume_status(cursor)));
-                    return;
-                }
-                let batch = match outbox.read_after(cursor, 256) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(HubError::Internal(e.to_string()).into())).await;
-                        return;
-                    }
-                };
-                if batch.is_empty() {
-                    tokio::select! {
-                        changed = watch.changed() => if changed.is_err() { return },
-                        _ = tx.closed() => return,
-                        changed = stopping.changed() => if changed.is_err() { return },
-                    }
-                    continue;
-                }
-                for ev in batch {
-                    if !wanted.contains(&ev.event_type) {
-                        cursor = ev.seq;
-                        continue;
-                    }
-                    let item = tokens
-                        .token(&agency, &ev.national_code)
-                        .map(|t| for_subscriber(&ev, t))
-                        .map_err(|e| HubError::Internal(e.to_string()).into());
-                    tokio::select! {
-                        sent = tx.send(item) => if sent.is_err() { return },
-                        _ = stopping.changed() => {
-                            let _ = tx.try_send(Err(resume_status(cursor)));
-                            return;
-                        }
-                    }
-                    cursor = ev.seq;
-                }
-            }
-        });
+        let rx = spawn_stream(
+            self.outbox.clone(),
+            self.tokens.clone(),
+            caller.agency.clone(),
+            wanted,
+            after_sequence,
+            stopping,
+            STREAM_QUEUE,
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -326,12 +463,13 @@ impl Events for EventsService {
     ) -> Result<Response<TokenizeResponse>, Status> {
         let caller = super::caller(&self.hub, &req)?;
         let TokenizeRequest { national_codes } = req.into_inner();
-        let result = (|| {
+        let result = (|| -> Result<Vec<String>, TokenizeRefusal> {
             if self.subscribed_types(&caller.agency).is_empty() {
                 return Err(HubError::NotAllowed {
                     agency: caller.agency.clone(),
                     action: "tokenize (only subscribers in subscriptions.yaml may)".into(),
-                });
+                }
+                .into());
             }
             self.check_tokenize_rate(&caller.agency)?;
             if national_codes.is_empty() || national_codes.len() > MAX_TOKENIZE {
@@ -341,7 +479,8 @@ impl Events for EventsService {
                         "give between 1 and {MAX_TOKENIZE} national codes, got {}",
                         national_codes.len()
                     ),
-                )]));
+                )])
+                .into());
             }
             let bad: Vec<Violation> = national_codes
                 .iter()
@@ -353,21 +492,33 @@ impl Events for EventsService {
                 })
                 .collect();
             if !bad.is_empty() {
-                return Err(HubError::Invalid(bad));
+                return Err(HubError::Invalid(bad).into());
             }
+            // Counted in distinct national codes, only for valid calls; a refused call
+            // takes nothing from the budget.
+            let distinct: std::collections::HashSet<&str> =
+                national_codes.iter().map(String::as_str).collect();
+            self.tokenize_budget
+                .take(&caller.agency, distinct.len())
+                .map_err(TokenizeRefusal::Quota)?;
             national_codes
                 .iter()
                 .map(|nc| self.tokens.token(&caller.agency, nc))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| HubError::Internal(e.to_string()))
+                .map_err(|e| HubError::Internal(e.to_string()).into())
         })();
         let (outcome, detail) = match &result {
             Ok(t) => ("ok", format!("tokenized {} national codes", t.len())),
-            Err(e) => (e.outcome(), e.to_string()),
+            Err(TokenizeRefusal::Hub(e)) => (e.outcome(), e.to_string()),
+            Err(TokenizeRefusal::Quota(q)) => ("quota_exceeded", q.to_string()),
         };
         self.audit(&caller, "events.tokenize", "-", outcome, detail)
             .await?;
-        Ok(Response::new(TokenizeResponse { tokens: result? }))
+        match result {
+            Ok(tokens) => Ok(Response::new(TokenizeResponse { tokens })),
+            Err(TokenizeRefusal::Hub(e)) => Err(e.into()),
+            Err(TokenizeRefusal::Quota(q)) => Err(quota_status(&q)),
+        }
     }
 
     async fn get_manifest(
@@ -384,7 +535,8 @@ impl Events for EventsService {
             }
             .into());
         }
-        let today = JalaliDate::in_tehran(jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
+        let today = JalaliDate::in_tehran(now);
         let day = if day.is_empty() {
             JalaliDate::from_civil(
                 today
@@ -407,25 +559,165 @@ impl Events for EventsService {
             )])
             .into());
         }
-        let complete = day < today;
-        let stored = self
+        if let Some(m) = self
             .manifests
             .get(&caller.agency, &day.to_string())
+            .map_err(|e| HubError::Internal(e.to_string()))?
+        {
+            return Ok(Response::new(crate::manifests::to_proto(&m, true)));
+        }
+        // A day is fixed only once closed (CLOSE_GRACE after its midnight, as the daily
+        // task does), so an event accepted just before midnight and still being flushed
+        // is never left out of a stored manifest. Before that the figures are computed
+        // and returned with complete = false, and nothing is stored.
+        let closed = day_closed(day, now);
+        if closed {
+            // Every event accepted before now is readable (or was never published).
+            self.outbox.settled().await;
+        }
+        let m = manifest(&self.outbox, &self.tokens, &caller.agency, &types, day)
             .map_err(|e| HubError::Internal(e.to_string()))?;
-        let m = match stored {
-            Some(m) => m,
-            None => {
-                let m = manifest(&self.outbox, &self.tokens, &caller.agency, &types, day)
-                    .map_err(|e| HubError::Internal(e.to_string()))?;
-                if complete {
-                    // A finished day never changes: fix it now if the daily task has not.
-                    self.manifests
-                        .put(&m)
-                        .map_err(|e| HubError::Internal(e.to_string()))?;
-                }
-                m
-            }
+        let m = if closed {
+            self.manifests
+                .put(&m)
+                .map_err(|e| HubError::Internal(e.to_string()))?;
+            // The daily task may have stored it first: serve the stored one.
+            self.manifests
+                .get(&caller.agency, &m.day)
+                .map_err(|e| HubError::Internal(e.to_string()))?
+                .unwrap_or(m)
+        } else {
+            m
         };
-        Ok(Response::new(crate::manifests::to_proto(&m, complete)))
+        Ok(Response::new(crate::manifests::to_proto(&m, closed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn ev<'a>(id: &'a str) -> NewEvent<'a> {
+        NewEvent {
+            publisher: "nocr",
+            publisher_event_id: id,
+            event_type: "death.v1",
+            national_code: "0012345679",
+            date: "1405/08/30",
+        }
+    }
+
+    /// A stream stopped for shutdown while its queue is full (the subscriber has not read)
+    /// still ends with the resume position once the subscriber reads, instead of the
+    /// status being dropped.
+    #[tokio::test]
+    async fn resume_status_survives_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Arc::new(Outbox::open(&db).unwrap());
+        let tokens = Arc::new(Tokens::open(&db).unwrap());
+        for id in ["e1", "e2", "e3"] {
+            outbox.publish(ev(id)).await.unwrap();
+        }
+        let (stop, stopping) = watch::channel(false);
+        let mut rx = spawn_stream(
+            outbox,
+            tokens,
+            "cbi".into(),
+            vec!["death.v1".into()],
+            0,
+            stopping,
+            1,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rx.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue fills within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send_replace(true);
+        // Let the stream task see the stop while the queue is still full (it is woken by
+        // the stop; on this single-threaded runtime it runs at these yields).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let first = rx
+            .recv()
+            .await
+            .expect("the queued event")
+            .expect("an event");
+        assert_eq!(first.sequence, 1);
+        let last = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the stream ends within 10 s")
+            .expect("a final status, not a silent end")
+            .expect_err("the resume status");
+        assert_eq!(last.code(), Code::Unavailable);
+        assert!(
+            last.message().contains("after_sequence = 1"),
+            "{}",
+            last.message()
+        );
+        assert!(rx.recv().await.is_none(), "nothing after the resume status");
+    }
+
+    /// The resume status waits for room in a full queue instead of being dropped.
+    #[tokio::test]
+    async fn resume_status_waits_for_room() {
+        let (tx, mut rx) = mpsc::channel::<Result<Event, Status>>(1);
+        tx.send(Ok(Event::default())).await.unwrap();
+        {
+            let resume = send_resume(&tx, 7);
+            tokio::pin!(resume);
+            assert!(
+                futures::poll!(&mut resume).is_pending(),
+                "waits while the queue is full"
+            );
+            assert!(rx.recv().await.unwrap().is_ok(), "the queued event first");
+            resume.await;
+        }
+        let status = rx.recv().await.unwrap().expect_err("then where to resume");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("after_sequence = 7"));
+    }
+
+    /// The quota refusal is RESOURCE_EXHAUSTED with RetryInfo and a QuotaFailure naming
+    /// the quota and the agency.
+    #[test]
+    fn quota_refusal_names_the_quota() {
+        let q = QuotaExceeded {
+            agency: "cbi".into(),
+            quota: TokenizeQuota {
+                codes: NonZeroU32::new(10).unwrap(),
+                period: Duration::from_secs(3600),
+                burst: NonZeroU32::new(10).unwrap(),
+            },
+            requested: 6,
+            retry_after: Some(Duration::from_secs(720)),
+        };
+        let s = quota_status(&q);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("10 national codes per hour"),
+            "{}",
+            s.message()
+        );
+        let d = s.get_error_details();
+        assert_eq!(
+            d.retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(720))
+        );
+        let v = &d.quota_failure().expect("QuotaFailure").violations[0];
+        assert_eq!(v.subject, "agency:cbi");
+        assert!(v
+            .description
+            .contains("events.tokenize: 10 national codes per hour"));
+        assert_eq!(
+            d.error_info().map(|e| e.reason.as_str()),
+            Some("TOKENIZE_QUOTA_EXCEEDED")
+        );
     }
 }
