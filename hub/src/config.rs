@@ -81,22 +81,83 @@ pub struct KafkaSection {
     /// How long librdkafka tries one delivery before the relay retries it itself, ms.
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
+    /// Partitions of each event topic the hub creates (`tabadol.<event-type>.<agency>`;
+    /// manifest topics get one). Order is kept per key (per person), so more partitions
+    /// only spread a subscriber's load. Existing topics are left as they are. At least 1;
+    /// default 3.
+    #[serde(default = "default_topic_partitions")]
+    pub topic_partitions: i32,
+    /// Replication factor of each topic the hub creates (event and manifest topics). The
+    /// relay produces with acks=all, which only means "on every in-sync replica": with 1, an
+    /// acknowledged event lives on one broker's disk. At least 1, at most the number of
+    /// brokers (the relay keeps retrying and logs why until it fits); default 3, and the
+    /// cluster should set `min.insync.replicas` to 2. `tabadol dev --kafka` uses 1.
+    #[serde(default = "default_topic_replication")]
+    pub topic_replication: i32,
     /// Further librdkafka client properties, e.g. the TLS settings of the cluster
     /// (`security.protocol: ssl`, `ssl.ca.location`, `ssl.certificate.location`,
-    /// `ssl.key.location`). The delivery guarantees (`enable.idempotence`, `acks`) cannot
-    /// be overridden.
+    /// `ssl.key.location`). The delivery guarantees (`enable.idempotence`,
+    /// `enable.gapless.guarantee`, `acks`) cannot be overridden.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
+impl KafkaSection {
+    /// A section for `brokers` with every default (as if only `brokers:` were written).
+    pub fn new(brokers: impl Into<String>) -> KafkaSection {
+        KafkaSection {
+            brokers: brokers.into(),
+            message_timeout_ms: default_message_timeout_ms(),
+            topic_partitions: default_topic_partitions(),
+            topic_replication: default_topic_replication(),
+            properties: Default::default(),
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.brokers.trim().is_empty() {
+            errors.push("kafka.brokers: give at least one HOST:PORT".into());
+        }
+        if self.topic_partitions < 1 {
+            errors.push(format!(
+                "kafka.topic_partitions: {} is not a partition count; give at least 1 (default 3)",
+                self.topic_partitions
+            ));
+        }
+        if self.topic_replication < 1 {
+            errors.push(format!(
+                "kafka.topic_replication: {} is not a replication factor; give at least 1 \
+                 (default 3; 1 only for a single-broker cluster)",
+                self.topic_replication
+            ));
+        }
+        for key in self.properties.keys() {
+            if KAFKA_FIXED_PROPERTIES.contains(&key.as_str()) {
+                errors.push(format!(
+                    "kafka.properties.{key}: set by the hub itself (use kafka.brokers / kafka.message_timeout_ms; idempotence, the gapless guarantee and acks=all are not negotiable)"
+                ));
+            }
+        }
+    }
+}
+
 /// librdkafka properties the hub sets itself and a configuration may not change.
-pub const KAFKA_FIXED_PROPERTIES: [&str; 5] = [
+pub const KAFKA_FIXED_PROPERTIES: [&str; 6] = [
     "bootstrap.servers",
     "enable.idempotence",
+    "enable.gapless.guarantee",
     "acks",
     "message.timeout.ms",
     "client.id",
 ];
+
+fn default_topic_partitions() -> i32 {
+    3
+}
+
+fn default_topic_replication() -> i32 {
+    3
+}
 
 fn default_message_timeout_ms() -> u64 {
     30_000
@@ -202,21 +263,99 @@ impl Config {
             }
         }
         if let Some(k) = &self.kafka {
-            if k.brokers.trim().is_empty() {
-                errors.push("kafka.brokers: give at least one HOST:PORT".into());
-            }
-            for key in k.properties.keys() {
-                if KAFKA_FIXED_PROPERTIES.contains(&key.as_str()) {
-                    errors.push(format!(
-                        "kafka.properties.{key}: set by the hub itself (use kafka.brokers / kafka.message_timeout_ms; idempotence and acks=all are not negotiable)"
-                    ));
-                }
-            }
+            k.validate(&mut errors);
         }
         errors.dedup();
         match (errors.is_empty(), policy) {
             (true, Some(p)) => Ok(p),
             _ => Err(ConfigErrors(errors)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kafka: &str) -> Config {
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/national");
+        let yaml = format!(
+            "listen: 127.0.0.1:7443\n\
+             policy_dir: {}\n\
+             data_dir: /nonexistent/tabadol-data\n\
+             tls: {{ ca: /nonexistent/ca.crt, cert: /nonexistent/hub.crt, key: /nonexistent/hub.key }}\n\
+             {kafka}",
+            policy.display()
+        );
+        serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    fn errors(cfg: &Config) -> Vec<String> {
+        match cfg.validate() {
+            Ok(_) => Vec::new(),
+            Err(ConfigErrors(e)) => e,
+        }
+    }
+
+    #[test]
+    fn kafka_topics_default_to_three_partitions_and_three_replicas() {
+        let cfg = config("kafka: { brokers: kafka-1:9092 }\n");
+        let k = cfg.kafka.as_ref().unwrap();
+        assert_eq!((k.topic_partitions, k.topic_replication), (3, 3));
+        assert_eq!(k.message_timeout_ms, 30_000);
+        let new = KafkaSection::new("kafka-1:9092");
+        assert_eq!(
+            (
+                new.topic_partitions,
+                new.topic_replication,
+                new.message_timeout_ms
+            ),
+            (3, 3, 30_000)
+        );
+        assert!(errors(&cfg).iter().all(|e| !e.starts_with("kafka.")));
+    }
+
+    #[test]
+    fn zero_replication_and_partitions_are_reported_with_the_other_errors() {
+        let cfg = config(
+            "kafka: { brokers: kafka-1:9092, topic_replication: 0, topic_partitions: -1 }\n",
+        );
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has("kafka.topic_replication: 0 is not a replication factor"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("kafka.topic_partitions: -1 is not a partition count"),
+            "{errs:#?}"
+        );
+        // Collected together with the rest, not one at a time.
+        assert!(has("tls.ca: file"), "{errs:#?}");
+    }
+
+    #[test]
+    fn kafka_section_rejects_unknown_keys_and_fixed_properties() {
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/national");
+        let yaml = format!(
+            "listen: 127.0.0.1:7443\npolicy_dir: {}\ndata_dir: /x\n\
+             tls: {{ ca: /a, cert: /b, key: /c }}\n\
+             kafka: {{ brokers: k:9092, replication: 2 }}\n",
+            policy.display()
+        );
+        let err = serde_yaml::from_str::<Config>(&yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `replication`"), "{err}");
+        let cfg = config(
+            "kafka:\n  brokers: k:9092\n  properties: { enable.gapless.guarantee: \"false\" }\n",
+        );
+        assert!(
+            errors(&cfg)
+                .iter()
+                .any(|e| e.starts_with("kafka.properties.enable.gapless.guarantee: set by the hub")),
+            "{:#?}",
+            errors(&cfg)
+        );
     }
 }

@@ -129,9 +129,9 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         providers,
         audit: AuditSection::default(),
         kafka: opts.kafka.clone().map(|brokers| KafkaSection {
-            brokers,
-            message_timeout_ms: 30_000,
-            properties: Default::default(),
+            // A development broker is a single one: three replicas could never be placed.
+            topic_replication: 1,
+            ..KafkaSection::new(brokers)
         }),
         default_deadline_ms: 10_000,
     };

@@ -44,9 +44,11 @@ pub struct RelayOptions {
     pub message_timeout: Duration,
     /// Outbox events read per round.
     pub batch: usize,
-    /// Partitions of the topics the relay creates.
+    /// Partitions of the topics the relay creates (`kafka.topic_partitions`).
     pub topic_partitions: i32,
-    /// Replication factor of the topics the relay creates.
+    /// Replication factor of the topics the relay and the manifest task create
+    /// (`kafka.topic_replication`): with acks=all, a record counts as delivered once every
+    /// in-sync replica has it, so 1 means one broker's disk.
     pub topic_replication: i32,
     /// First back-off after a retriable failure (doubles up to `max_backoff`).
     pub min_backoff: Duration,
@@ -58,13 +60,15 @@ pub struct RelayOptions {
 }
 
 impl RelayOptions {
+    /// The defaults of a `kafka:` section (3 partitions, replication 3); a single-broker
+    /// development cluster needs `topic_replication = 1`.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             message_timeout: Duration::from_secs(30),
             batch: 256,
             topic_partitions: 3,
-            topic_replication: 1,
+            topic_replication: 3,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             report_every: Duration::from_secs(30),
@@ -132,30 +136,86 @@ pub enum FailureKind {
     Permanent,
 }
 
-/// Classifies a librdkafka delivery error.
+/// Classifies a librdkafka delivery (or topic creation) error.
+///
+/// Permanent means the broker will never accept this message or this topic as sent; it is
+/// dead-lettered. Everything about the connection, the cluster or the producer itself is
+/// retried: dead-lettering those would skip every event until someone noticed.
 pub fn classify(err: &KafkaError) -> FailureKind {
     use RDKafkaErrorCode as C;
     let code = match err {
-        KafkaError::MessageProduction(c) => *c,
-        KafkaError::AdminOp(c) => *c,
+        KafkaError::MessageProduction(c) | KafkaError::AdminOp(c) => *c,
         // Anything else (client creation, canceled, ...) is about the client, not the message.
         _ => return FailureKind::Retry,
     };
     match code {
+        // The message itself can never be accepted.
         C::MessageSizeTooLarge
         | C::InvalidMessageSize
         | C::InvalidMessage
-        | C::TopicAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::InvalidTopic
         | C::InvalidRecord
+        | C::BadMessage
         | C::UnsupportedForMessageFormat
-        | C::PolicyViolation
-        | C::InvalidRequiredAcks
-        | C::UnknownTopic
         | C::InvalidArgument
-        | C::BadMessage => FailureKind::Permanent,
+        // The topic is refused: its name, the cluster's creation policy, or the hub's ACLs
+        // on it (an operator must fix them; see `tabadol policy kafka-acls`).
+        | C::InvalidTopic
+        | C::PolicyViolation
+        | C::TopicAuthorizationFailed => FailureKind::Permanent,
+        // Transient, listed for the reader (the default is Retry too):
+        // - the topic is not (yet) in the client's metadata, or the broker lost it:
+        //   it is created again before the next attempt;
+        // - a fatal producer error (the gapless guarantee, a fenced or out-of-sequence
+        //   idempotent producer) and the messages it purged: the producer is rebuilt;
+        // - cluster-wide refusals (no IdempotentWrite on the cluster, acks=all refused,
+        //   a replication factor above the broker count): every event would fail alike,
+        //   so they wait in the outbox for an operator instead of all being dead-lettered.
+        C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::UnknownPartition
+        | C::Fatal
+        | C::GaplessGuarantee
+        | C::PurgeQueue
+        | C::PurgeInflight
+        | C::OutOfOrderSequenceNumber
+        | C::ClusterAuthorizationFailed
+        | C::InvalidRequiredAcks
+        | C::InvalidReplicationFactor => FailureKind::Retry,
         _ => FailureKind::Retry,
+    }
+}
+
+/// Whether the error means the topic is missing from the client's view (not created yet,
+/// or lost by a broker that restarted without storage): it must be created again.
+fn topic_unknown(err: &KafkaError) -> bool {
+    matches!(
+        err,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    )
+}
+
+/// What an operator must do about an error that no retry will fix by itself.
+fn operator_hint(code: RDKafkaErrorCode) -> &'static str {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::TopicAuthorizationFailed => {
+            "the brokers deny the hub this topic: an operator must fix the Kafka ACLs \
+             (`tabadol policy kafka-acls` prints them)"
+        }
+        C::ClusterAuthorizationFailed => {
+            "the brokers deny the hub IdempotentWrite on the cluster: an operator must fix the \
+             Kafka ACLs (`tabadol policy kafka-acls` prints them); events wait in the outbox"
+        }
+        C::InvalidReplicationFactor => {
+            "kafka.topic_replication is more than the cluster's brokers: lower it or add \
+             brokers; events wait in the outbox"
+        }
+        C::PolicyViolation => "the cluster's topic policy refuses the topic",
+        _ => "",
     }
 }
 
@@ -171,10 +231,14 @@ pub fn base_config(opts: &RelayOptions, client_id: &str) -> ClientConfig {
     c
 }
 
-/// An idempotent producer with acks=all.
+/// An idempotent producer with acks=all and the gapless guarantee: if a batch fails for
+/// good, librdkafka raises a fatal error instead of acknowledging later messages of that
+/// partition, so a later event of a key never counts as delivered before an earlier one
+/// (the relay then rebuilds the producer and resends from the first undelivered event).
 pub fn producer(opts: &RelayOptions, client_id: &str) -> Result<FutureProducer, KafkaError> {
     base_config(opts, client_id)
         .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set(
             "message.timeout.ms",
@@ -267,6 +331,8 @@ impl Relay {
         tracing::info!(
             message = "kafka relay started",
             brokers = %self.opts.brokers,
+            topic_partitions = self.opts.topic_partitions,
+            topic_replication = self.opts.topic_replication,
             cursor,
             outbox_depth = self.outbox.last_seq().saturating_sub(cursor),
         );
@@ -339,15 +405,33 @@ impl Relay {
     }
 
     fn report(&self, cursor: u64, newest: Option<&StoredEvent>) {
-        tracing::info!(
-            message = "kafka relay progress",
-            cursor,
-            outbox_depth = self.outbox.last_seq().saturating_sub(cursor),
-            relay_lag_ms = newest.map(lag_ms).unwrap_or(0),
-            delivered = self.counters.delivered.load(Ordering::Relaxed),
-            retries = self.counters.retries.load(Ordering::Relaxed),
-            dead_letters = self.counters.dead_letters.load(Ordering::Relaxed),
-        );
+        let dead_letters = self.counters.dead_letters.load(Ordering::Relaxed);
+        let outbox_depth = self.outbox.last_seq().saturating_sub(cursor);
+        let relay_lag_ms = newest.map(lag_ms).unwrap_or(0);
+        let delivered = self.counters.delivered.load(Ordering::Relaxed);
+        let retries = self.counters.retries.load(Ordering::Relaxed);
+        if dead_letters > 0 {
+            // Dead letters are never retried by the relay: keep saying so until someone looks.
+            tracing::warn!(
+                message = "kafka relay progress; some copies were dead-lettered (see the errors logged with their sequence and topic)",
+                cursor,
+                outbox_depth,
+                relay_lag_ms,
+                delivered,
+                retries,
+                dead_letters,
+            );
+        } else {
+            tracing::info!(
+                message = "kafka relay progress",
+                cursor,
+                outbox_depth,
+                relay_lag_ms,
+                delivered,
+                retries,
+                dead_letters,
+            );
+        }
     }
 
     fn rebuild_producer(&mut self) {
@@ -384,7 +468,7 @@ impl Relay {
     }
 
     /// Makes sure the topics exist; a topic that cannot be created for a permanent reason
-    /// is reported back so its messages are dead-lettered.
+    /// and does not exist either is reported back so its messages are dead-lettered.
     async fn ensure_topics(&mut self, wanted: &HashSet<String>) -> Result<HashSet<String>, String> {
         let missing: Vec<&String> = wanted
             .iter()
@@ -417,12 +501,36 @@ impl Relay {
                 Ok(t) | Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     self.ensured.insert(t);
                 }
+                Err((t, code)) if classify(&KafkaError::AdminOp(code)) == FailureKind::Retry => {
+                    let hint = operator_hint(code);
+                    if !hint.is_empty() {
+                        tracing::error!(message = "kafka cannot create a topic", topic = %t, error = %code, action = hint);
+                    }
+                    return Err(format!("creating topic {t}: {code}"));
+                }
                 Err((t, code)) => {
-                    if classify(&KafkaError::AdminOp(code)) == FailureKind::Permanent {
-                        tracing::error!(message = "kafka refused to create a topic", topic = %t, error = %code);
-                        refused.insert(t);
-                    } else {
-                        return Err(format!("creating topic {t}: {code}"));
+                    // Refused for good, but it may exist all the same: created by an
+                    // operator while the hub lacks the Create ACL (Kafka checks that before
+                    // whether the topic exists). Only a topic the hub cannot see is a dead end.
+                    match self.topic_exists(&t).await {
+                        Ok(true) => {
+                            tracing::info!(message = "kafka refused to create a topic that exists; using it", topic = %t, error = %code);
+                            self.ensured.insert(t);
+                        }
+                        Ok(false) => {
+                            tracing::error!(
+                                message = "kafka refused to create a topic; its copies are dead-lettered",
+                                topic = %t,
+                                error = %code,
+                                action = operator_hint(code),
+                            );
+                            refused.insert(t);
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "creating topic {t}: {code}; cannot tell whether it exists: {e}"
+                            ))
+                        }
                     }
                 }
             }
@@ -430,9 +538,30 @@ impl Relay {
         Ok(refused)
     }
 
+    /// Whether the brokers report `topic` with partitions (and no error, e.g. authorization).
+    async fn topic_exists(&self, topic: &str) -> Result<bool, KafkaError> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        let timeout = self.opts.message_timeout;
+        tokio::task::spawn_blocking(move || {
+            let md = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            Ok(md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+
     /// Sends one batch; returns how far everything is handled.
     async fn round(&mut self, batch: &[StoredEvent]) -> Round {
         let start = batch[0].seq.saturating_sub(1);
+        if self.producer.client().fatal_error().is_some() {
+            // A fatal producer (e.g. the gapless guarantee tripped after the last round) only
+            // fails every message: replace it before sending anything.
+            self.rebuild_producer();
+        }
         // Who gets what, under the current policy.
         let plan: Vec<(&StoredEvent, Vec<String>)> = {
             let state = self.hub.policy();
@@ -459,13 +588,14 @@ impl Relay {
         };
 
         let mut sent: Vec<(Outgoing, rdkafka::producer::DeliveryFuture)> = Vec::new();
-        let mut permanent: Vec<(u64, String, String)> = Vec::new();
+        // (sequence, topic, reason, what an operator must do)
+        let mut permanent: Vec<(u64, String, String, &'static str)> = Vec::new();
         let mut enqueue_failure: Option<(u64, String)> = None;
         'events: for (ev, subs) in &plan {
             for agency in subs {
                 let t = topic(&ev.event_type, agency);
                 if refused.contains(&t) {
-                    permanent.push((ev.seq, t, "broker refused to create the topic".into()));
+                    permanent.push((ev.seq, t, "broker refused to create the topic".into(), ""));
                     continue;
                 }
                 let token = match self.tokens.token(agency, &ev.national_code) {
@@ -533,10 +663,19 @@ impl Relay {
                     )),
                     Err((e, _)) if classify(&e) == FailureKind::Permanent => {
                         // Refused locally for good (e.g. larger than message.max.bytes).
-                        permanent.push((ev.seq, t, format!("refused by the producer: {e}")));
+                        permanent.push((
+                            ev.seq,
+                            t,
+                            format!("refused by the producer: {e}"),
+                            hint_of(&e),
+                        ));
                     }
                     Err((e, _)) => {
-                        // Queue full or similar: wait for what is in flight, then resume here.
+                        // Queue full, fatal producer or similar: wait for what is in flight,
+                        // then resume here.
+                        if topic_unknown(&e) {
+                            self.ensured.remove(&t);
+                        }
                         enqueue_failure = Some((ev.seq, format!("enqueue to {t}: {e}")));
                         break 'events;
                     }
@@ -558,20 +697,24 @@ impl Relay {
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => match classify(&e) {
-                    FailureKind::Permanent => permanent.push((out.seq, out.topic, e.to_string())),
+                    FailureKind::Permanent => {
+                        let hint = hint_of(&e);
+                        permanent.push((out.seq, out.topic, e.to_string(), hint))
+                    }
                     FailureKind::Retry => {
-                        if matches!(
-                            e,
-                            KafkaError::MessageProduction(
-                                RDKafkaErrorCode::UnknownTopicOrPartition
-                                    | RDKafkaErrorCode::UnknownPartition
-                            )
-                        ) {
-                            // The broker lost the topic (e.g. restarted without storage).
+                        if topic_unknown(&e) {
+                            // Not in the metadata yet, or the broker lost it (e.g. restarted
+                            // without storage): create it again before the next attempt.
                             self.ensured.remove(&out.topic);
                         }
                         if first_retry.as_ref().is_none_or(|(s, _)| out.seq < *s) {
-                            first_retry = Some((out.seq, format!("{}: {e}", out.topic)));
+                            let hint = hint_of(&e);
+                            let reason = if hint.is_empty() {
+                                format!("{}: {e}", out.topic)
+                            } else {
+                                format!("{}: {e} ({hint})", out.topic)
+                            };
+                            first_retry = Some((out.seq, reason));
                         }
                     }
                 },
@@ -579,7 +722,7 @@ impl Relay {
         }
         let last = batch.last().map(|e| e.seq).unwrap_or(start);
         let handled_to = first_retry.as_ref().map(|(s, _)| s - 1).unwrap_or(last);
-        for (seq, t, reason) in permanent {
+        for (seq, t, reason, action) in permanent {
             if seq > handled_to {
                 continue; // will be retried with its event anyway
             }
@@ -588,6 +731,7 @@ impl Relay {
                 sequence = seq,
                 topic = %t,
                 reason = %reason,
+                action,
             );
             if let Err(e) = self.outbox.dead_letter(seq, &t, &reason) {
                 tracing::error!(message = "cannot record a dead letter", sequence = seq, error = %e);
@@ -602,6 +746,13 @@ impl Relay {
     }
 }
 
+fn hint_of(e: &KafkaError) -> &'static str {
+    match e {
+        KafkaError::MessageProduction(c) | KafkaError::AdminOp(c) => operator_hint(*c),
+        _ => "",
+    }
+}
+
 fn lag_ms(ev: &StoredEvent) -> u64 {
     let now = jiff::Timestamp::now().as_microsecond();
     (now.saturating_sub(ev.accepted_at_micros) / 1000).max(0) as u64
@@ -611,37 +762,98 @@ fn lag_ms(ev: &StoredEvent) -> u64 {
 mod tests {
     use super::*;
 
+    fn produce(c: RDKafkaErrorCode) -> FailureKind {
+        classify(&KafkaError::MessageProduction(c))
+    }
+
     #[test]
     fn classification() {
+        use RDKafkaErrorCode as C;
+        for c in [
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::UnknownTopicOrPartition,
+            // librdkafka's local "unknown topic" (-188): not in the metadata yet.
+            C::UnknownTopic,
+            // A fatal producer (gapless guarantee, fenced idempotent producer) and the
+            // messages it purged: retried with a rebuilt producer.
+            C::Fatal,
+            C::GaplessGuarantee,
+            C::PurgeQueue,
+            C::PurgeInflight,
+            C::OutOfOrderSequenceNumber,
+            // Cluster-wide: would dead-letter every event alike.
+            C::ClusterAuthorizationFailed,
+            C::InvalidRequiredAcks,
+        ] {
+            assert_eq!(produce(c), FailureKind::Retry, "{c:?}");
+        }
+        for c in [
+            C::MessageSizeTooLarge,
+            C::InvalidMessage,
+            C::InvalidRecord,
+            C::TopicAuthorizationFailed,
+            C::InvalidTopic,
+        ] {
+            assert_eq!(produce(c), FailureKind::Permanent, "{c:?}");
+        }
+        // Topic creation.
         assert_eq!(
-            classify(&KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut
-            )),
+            classify(&KafkaError::AdminOp(C::InvalidReplicationFactor)),
             FailureKind::Retry
         );
         assert_eq!(
-            classify(&KafkaError::MessageProduction(
-                RDKafkaErrorCode::BrokerTransportFailure
-            )),
-            FailureKind::Retry
-        );
-        assert_eq!(
-            classify(&KafkaError::MessageProduction(
-                RDKafkaErrorCode::UnknownTopicOrPartition
-            )),
-            FailureKind::Retry
-        );
-        assert_eq!(
-            classify(&KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageSizeTooLarge
-            )),
+            classify(&KafkaError::AdminOp(C::PolicyViolation)),
             FailureKind::Permanent
         );
-        assert_eq!(
-            classify(&KafkaError::MessageProduction(
-                RDKafkaErrorCode::TopicAuthorizationFailed
-            )),
-            FailureKind::Permanent
+        assert_eq!(classify(&KafkaError::Canceled), FailureKind::Retry);
+    }
+
+    #[test]
+    fn unknown_topic_sends_the_topic_back_to_creation() {
+        assert!(topic_unknown(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopic
+        )));
+        assert!(topic_unknown(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+        assert!(!topic_unknown(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+    }
+
+    #[test]
+    fn authorization_errors_tell_the_operator_to_fix_the_acls() {
+        for c in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            let hint = operator_hint(c);
+            assert!(
+                hint.contains("ACLs") && hint.contains("kafka-acls"),
+                "{c:?}: {hint}"
+            );
+        }
+        assert!(operator_hint(RDKafkaErrorCode::InvalidReplicationFactor)
+            .contains("kafka.topic_replication"));
+    }
+
+    /// librdkafka (bundled with rdkafka) accepts the producer's delivery settings together,
+    /// and does check them: the gapless guarantee alone is refused.
+    #[test]
+    fn producer_takes_idempotence_with_the_gapless_guarantee() {
+        let opts = RelayOptions::new("127.0.0.1:9");
+        let p = producer(&opts, "tabadol-test").expect("idempotent gapless producer");
+        assert!(p.client().fatal_error().is_none());
+        let refused: Result<FutureProducer, _> = base_config(&opts, "tabadol-test")
+            .set("enable.gapless.guarantee", "true")
+            .create();
+        let err = refused
+            .err()
+            .expect("gapless without idempotence is refused");
+        assert!(
+            err.to_string().contains("enable.idempotence"),
+            "unexpected error: {err}"
         );
     }
 }
