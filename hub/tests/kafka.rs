@@ -1082,3 +1082,134 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     assert_eq!((manifest.first_sequence, manifest.last_sequence), (1, 5));
     hub.stop().await;
 }
+
+/// An example program of `tabadol-examples`, built next to this test's binary by the
+/// workspace test run (`scripts/test.sh` builds every target before running any).
+fn example_program(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_tabadol"))
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the suite with `bash scripts/test.sh` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+/// Waits (polling, on the test's thread) for a child to exit; kills it after `within`.
+async fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The README's live demo over Kafka, with the real programs: `tabadol dev --kafka`
+/// relays a death published by the `publish` example (as nocr), and the `subscriber`
+/// example (as cbi, `--kafka`) reads its own topic through a consumer group, recognises
+/// its customer by token and says to suspend them.
+#[tokio::test]
+async fn dev_with_kafka_feeds_the_subscriber_example() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub_log = dir.path().join("dev.log");
+    let mut dev = guarded(Path::new(env!("CARGO_BIN_EXE_tabadol")))
+        .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path().join("dev"))
+        .arg("--policy")
+        .arg(common::policy_dir())
+        .args(["--kafka", &broker.addr()])
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&hub_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tabadol dev --kafka");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let log = std::fs::read_to_string(&hub_log).unwrap_or_default();
+        if let Some(addr) = log
+            .split("listening on https://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            break addr.to_owned();
+        }
+        assert!(
+            dev.try_wait().unwrap().is_none(),
+            "tabadol dev exited:\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no banner from tabadol dev:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let hub_args = |agency: &str| {
+        vec![
+            "--hub".to_owned(),
+            format!("https://{addr}"),
+            "--dir".to_owned(),
+            dir.path().join("dev").display().to_string(),
+            "--agency".to_owned(),
+            agency.to_owned(),
+        ]
+    };
+    let samples: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("dev/samples.json")).unwrap())
+            .unwrap();
+    let dying = samples["persons_alive"][1]["national_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let published = guarded(&example_program("publish"))
+        .args(hub_args("nocr"))
+        .args(["death", &dying])
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+
+    let out_path = dir.path().join("subscriber.out");
+    let mut subscriber = guarded(&example_program("subscriber"))
+        .args(hub_args("cbi"))
+        .args(["--kafka", &broker.addr(), "--exit-after", "1"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("subscriber.err")).unwrap())
+        .spawn()
+        .unwrap();
+    // A consumer-group join on tansu takes several seconds.
+    let status = wait_exit(&mut subscriber, Duration::from_secs(90)).await;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(dir.path().join("subscriber.err")).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "subscriber did not finish ({status:?}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("SUSPEND ") && stdout.contains(&format!("({dying})")),
+        "the subscriber must name its customer:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("consuming tabadol.death.v1.cbi"),
+        "{stderr}"
+    );
+
+    send_signal(&dev, "INT");
+    let status = wait_exit(&mut dev, Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "dev exit: {status:?}");
+}
