@@ -171,11 +171,14 @@ pub async fn start(
             .map(|k| k.brokers.as_str())
             .unwrap_or("off"),
     );
-    let events = EventsService::new(
+    let events = EventsService::with_options(
         hub.clone(),
         outbox.clone(),
         tokens.clone(),
         manifests.clone(),
+        crate::grpc::events::EventsOptions {
+            tokenize_quota: cfg.events.tokenize_quota().unwrap_or_default(),
+        },
     );
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tabadol_policy::Policy;
@@ -32,6 +33,44 @@ pub struct Config {
     /// Deadline applied when a caller sets none, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub default_deadline_ms: u64,
+    /// Broadcast (R5) settings.
+    #[serde(default)]
+    pub events: EventsSection,
+}
+
+/// Settings of the event path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Distinct national codes one subscriber agency may tokenize per day (also the
+    /// burst). Keeps anyone from building a reverse table of the ~10⁹ national codes;
+    /// raise it for the first tokenization of a very large customer base.
+    #[serde(default = "default_tokenize_codes_per_day")]
+    pub tokenize_codes_per_day: u32,
+}
+
+fn default_tokenize_codes_per_day() -> u32 {
+    crate::tokens::TOKENIZE_CODES_PER_DAY
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            tokenize_codes_per_day: default_tokenize_codes_per_day(),
+        }
+    }
+}
+
+impl EventsSection {
+    /// The Tokenize quota these settings give (None when invalid; `validate` says why).
+    pub fn tokenize_quota(&self) -> Option<crate::tokens::TokenizeQuota> {
+        let codes = std::num::NonZeroU32::new(self.tokenize_codes_per_day)?;
+        Some(crate::tokens::TokenizeQuota {
+            codes,
+            period: Duration::from_secs(86_400),
+            burst: codes,
+        })
+    }
 }
 
 fn default_deadline_ms() -> u64 {
@@ -228,6 +267,11 @@ impl Config {
                 errors.push(format!("tls.crls: file {} does not exist", p.display()));
             }
         }
+        if self.events.tokenize_quota().is_none() {
+            errors.push(
+                "events.tokenize_codes_per_day: give at least 1 (default 1000000)".to_owned(),
+            );
+        }
         let policy = match Policy::load_dir(&self.policy_dir) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -250,6 +294,15 @@ impl Config {
             }
             if p.timeout_ms == 0 {
                 errors.push(format!("providers[{i}].timeout_ms must be above 0"));
+            }
+            if let Some(j) = self.providers[..i]
+                .iter()
+                .position(|q| q.provider == p.provider)
+            {
+                errors.push(format!(
+                    "providers[{i}].provider: `{}` is already configured in providers[{j}]; keep one entry per provider",
+                    p.provider
+                ));
             }
         }
         if let Some(policy) = &policy {
@@ -332,6 +385,34 @@ mod tests {
         );
         // Collected together with the rest, not one at a time.
         assert!(has("tls.ca: file"), "{errs:#?}");
+    }
+
+    /// The Tokenize quota defaults to a million codes a day, can be raised, and zero is
+    /// reported; a provider configured twice is reported instead of silently replaced.
+    #[test]
+    fn tokenize_quota_and_duplicate_providers_are_checked() {
+        let cfg = config("");
+        assert_eq!(cfg.events.tokenize_codes_per_day, 1_000_000);
+        let q = cfg.events.tokenize_quota().unwrap();
+        assert_eq!((q.codes.get(), q.burst.get()), (1_000_000, 1_000_000));
+        let cfg = config(
+            "events: { tokenize_codes_per_day: 50000000 }
+",
+        );
+        assert_eq!(cfg.events.tokenize_quota().unwrap().codes.get(), 50_000_000);
+        let cfg = config(
+            "events: { tokenize_codes_per_day: 0 }\nproviders:\n  - { provider: cra, adapter: shahkar, base_url: https://a }\n  - { provider: cra, adapter: shahkar, base_url: https://b }\n",
+        );
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has("events.tokenize_codes_per_day: give at least 1"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[1].provider: `cra` is already configured in providers[0]"),
+            "{errs:#?}"
+        );
     }
 
     #[test]

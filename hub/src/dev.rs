@@ -134,6 +134,7 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             ..KafkaSection::new(brokers)
         }),
         default_deadline_ms: 10_000,
+        events: Default::default(),
     };
     let policy = config.validate()?;
     Ok(DevEnv {
