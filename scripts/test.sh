@@ -34,6 +34,11 @@ kill_leftovers() {
 }
 trap kill_leftovers EXIT
 
+# The end-to-end tests run the example agency programs (inquire, publish, subscriber) as
+# child processes; a test run builds examples only as test harnesses, so build the
+# programs first (same profile as the tests, so nothing is compiled twice).
+cargo build --profile test --workspace --examples
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --no-fail-fast
 else

@@ -157,7 +157,7 @@ impl Transport {
                     message = "Provider answered with a server error.",
                     provider = %self.provider,
                     status = %reply.status,
-                    body = %body_excerpt(&reply.body),
+                    body_bytes = reply.body.len(),
                 );
                 Err(ProviderError::Unavailable {
                     provider: self.provider.clone(),
@@ -191,8 +191,7 @@ impl Transport {
     pub fn rejected(&self, reply: &Reply, message: Option<String>) -> ProviderError {
         ProviderError::Rejected {
             provider: self.provider.clone(),
-            message: message
-                .unwrap_or_else(|| format!("HTTP {}{}", reply.status, body_excerpt(&reply.body))),
+            message: message.unwrap_or_else(|| format!("HTTP {}", reply.status)),
         }
     }
 
@@ -250,13 +249,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
-}
-
-/// ` — <first 200 bytes of body>` when there is a body, for error messages.
-fn body_excerpt(body: &[u8]) -> String {
-    if body.is_empty() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    format!(" — {}", text.trim())
 }

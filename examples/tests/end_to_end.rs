@@ -11,20 +11,28 @@ use std::time::{Duration, Instant};
 use tabadol_hub::app::HubHandle;
 use tabadol_hub::dev::{prepare, DevEnv, DevOptions};
 
-/// A compiled example of this package (`cargo test` builds them next to the tests).
+/// The example program `name` in `dir` (`target/debug/examples`). `scripts/test.sh`
+/// builds the examples as programs first (`cargo build --profile test --examples`): a
+/// test run alone builds them only as test harnesses.
+fn find_example(dir: &Path, name: &str) -> Option<PathBuf> {
+    Some(dir.join(name)).filter(|p| p.is_file())
+}
+
+/// A compiled example of this package.
 fn example(name: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/end_to_end-<hash> → target/<profile>/examples/<name>
-    let path = exe
+    // target/<profile>/deps/end_to_end-<hash> → target/<profile>/examples/
+    let dir = exe
         .parent()
         .and_then(Path::parent)
-        .map(|p| p.join("examples").join(name))
+        .map(|p| p.join("examples"))
         .unwrap();
-    assert!(
-        path.is_file(),
-        "{} is not built; run the tests with `cargo test -p tabadol-examples` (which builds the examples)",
-        path.display()
-    );
+    let path = find_example(&dir, name).unwrap_or_else(|| {
+        panic!(
+            "example `{name}` is not built in {}; run the suite with `bash scripts/test.sh`, or `cargo build --profile test --examples` first",
+            dir.display()
+        )
+    });
     Command::new(path)
 }
 

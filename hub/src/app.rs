@@ -25,6 +25,10 @@ use crate::tokens::Tokens;
 
 /// How long `stop` lets calls in flight finish before closing the remaining connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long `stop` then waits for inquiries still running (their provider calls are bounded
+/// by the provider timeouts) so that each one's audit record is written before the store
+/// is flushed.
+pub const INQUIRY_DRAIN: Duration = Duration::from_secs(30);
 
 /// A hub serving on a socket.
 pub struct HubHandle {
@@ -59,6 +63,12 @@ impl HubHandle {
                 Ok(())
             }
         };
+        if !self.hub.drained(INQUIRY_DRAIN).await {
+            tracing::error!(
+                message = "inquiries still running at shutdown; their audit records may be missing",
+                waited_secs = INQUIRY_DRAIN.as_secs()
+            );
+        }
         if let Some(relay) = self.relay.take() {
             relay.stop().await;
         }

@@ -157,16 +157,7 @@ impl Audit {
 
     /// Appends a record and waits until it is in the log (and on disk when durable).
     pub async fn append(&self, rec: AuditRecord) -> Result<u64, AuditError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send((rec, Some(done)))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        match wait.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(message)) => Err(AuditError::Corrupt { seq: 0, message }),
-            Err(_) => Err(AuditError::Closed),
-        }
+        self.append_from(&mut Some(rec)).await
     }
 
     /// Appends the record held in `slot` and waits until it is in the log (and on disk

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use tabadol_policy::Policy;
@@ -67,7 +66,7 @@ impl EventsSection {
         let codes = std::num::NonZeroU32::new(self.tokenize_codes_per_day)?;
         Some(crate::tokens::TokenizeQuota {
             codes,
-            period: Duration::from_secs(86_400),
+            period: crate::tokens::DAY,
             burst: codes,
         })
     }

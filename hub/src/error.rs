@@ -101,15 +101,19 @@ impl HubError {
     /// is read back by `Trace`).
     pub fn audit_detail(&self) -> String {
         match self {
-            HubError::Invalid(v) => format!(
-                "invalid: {}",
-                v.iter()
-                    .map(|v| clip_field(&v.field))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            HubError::Invalid(v) => clip(
+                &format!(
+                    "invalid ({}): {}",
+                    v.len(),
+                    v.iter()
+                        .map(|v| clip(&v.field, 64))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                MAX_AUDIT_DETAIL,
             ),
             HubError::UnknownService(s) => {
-                format!("service `{}` is not in the catalog", clip_field(s))
+                format!("service `{}` is not in the catalog", clip(s, 64))
             }
             HubError::Provider(p) => {
                 let provider = p.provider();
@@ -138,7 +142,8 @@ impl HubError {
                 }
             }
             HubError::Internal(_) => "internal error".to_owned(),
-            other => other.to_string(),
+            // Denials repeat what the caller asked for (fields, purpose): bounded.
+            other => clip(&other.to_string(), MAX_AUDIT_DETAIL),
         }
     }
 
@@ -164,17 +169,21 @@ impl HubError {
     }
 }
 
-/// A field or service name as the audit keeps it (callers choose these strings).
-fn clip_field(s: &str) -> String {
-    if s.len() <= 64 {
+/// At most `max` bytes of `s`, cut on a character boundary (for caller-chosen strings
+/// kept in audit records).
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = 64;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}…", &s[..end])
 }
+
+/// Longest audit detail kept.
+const MAX_AUDIT_DETAIL: usize = 512;
 
 impl From<HubError> for Status {
     fn from(e: HubError) -> Status {

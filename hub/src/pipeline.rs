@@ -1,5 +1,7 @@
 //! The inquiry pipeline every call goes through, typed or generic:
-//! validate → decide → limit → call adapter → drop ungranted fields → audit.
+//! validate → decide (grant, purpose, fields; a typed method's key output) → planned
+//! maintenance → limit → call adapter → drop ungranted fields → audit (always, also when
+//! the caller goes away mid-call).
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -12,7 +14,7 @@ use tabadol_adapters::{Provider, ProviderRequest, Record};
 use tabadol_policy::{ids, Decision, DecisionRequest, Policy};
 
 use crate::audit::{Audit, AuditRecord};
-use crate::error::{HubError, Violation};
+use crate::error::{clip, HubError, Violation};
 
 /// A grant's approval reference as one line, e.g.
 /// "interoperability-working-group, session 26 (1400/08/18), access resolution, item 3".
@@ -51,19 +53,35 @@ pub const MAX_PURPOSE_LEN: usize = 64;
 pub const MAX_SERVICE_REQUEST_ID_LEN: usize = 128;
 /// Longest service id accepted.
 pub const MAX_SERVICE_LEN: usize = 128;
+/// Most output fields one inquiry may name.
+pub const MAX_FIELDS: usize = 64;
+/// Longest output field name accepted.
+pub const MAX_FIELD_LEN: usize = 64;
 /// Longest tracking code kept in an audit record (longer ones are refused anyway).
 const MAX_TRACKING_LEN: usize = 64;
 
-/// At most `max` bytes of `s` (on a char boundary), for audit records of refused input.
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
+/// Counts one running inquiry for [`Hub::drained`].
+struct InFlight<'a>(&'a Hub);
+
+impl<'a> InFlight<'a> {
+    fn enter(hub: &'a Hub) -> Self {
+        hub.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(hub)
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
     }
-    s[..end].to_owned()
 }
 
 /// Holds an inquiry's audit record until it is handed to the audit writer; if the inquiry
@@ -164,6 +182,9 @@ pub struct Hub {
     policy: ArcSwap<PolicyState>,
     providers: HashMap<String, Arc<dyn Provider>>,
     audit: Audit,
+    /// Inquiries running now; `drained` waits for it to reach zero at shutdown.
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
 }
@@ -182,6 +203,8 @@ impl Hub {
             policy: ArcSwap::from_pointee(PolicyState::new(policy)),
             providers,
             audit,
+            in_flight: Default::default(),
+            idle: tokio::sync::Notify::new(),
             default_deadline: Duration::from_secs(10),
         }
     }
@@ -189,6 +212,22 @@ impl Hub {
     /// The policy in force now.
     pub fn policy(&self) -> arc_swap::Guard<Arc<PolicyState>> {
         self.policy.load()
+    }
+
+    /// Waits until no inquiry is running (each ends with its audit record written), at
+    /// most `within`; false when some are still running then.
+    pub async fn drained(&self, within: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire) == 0;
+            }
+        }
     }
 
     /// Replaces the policy atomically (callers in flight keep the old one).
@@ -202,17 +241,14 @@ impl Hub {
 
     /// Resolves the agency of a verified certificate common name.
     pub fn caller_for(&self, common_name: Option<&str>) -> Result<Caller, HubError> {
-        // A certificate without a common name is nobody, whatever the policy says.
+        // A certificate without a common name is nobody (the policy never maps a blank one).
         let cn = common_name.unwrap_or("");
-        let agency = if cn.trim().is_empty() {
-            None
-        } else {
-            self.policy
-                .load()
-                .policy
-                .agency_for_common_name(cn)
-                .map(|a| a.id.clone())
-        };
+        let agency = self
+            .policy
+            .load()
+            .policy
+            .agency_for_common_name(cn)
+            .map(|a| a.id.clone());
         match agency {
             Some(agency) => Ok(Caller { agency }),
             None => {
@@ -236,6 +272,8 @@ impl Hub {
         input: InquiryInput,
         deadline: Option<Instant>,
     ) -> Result<InquiryOutput, HubError> {
+        // Declared before the audit guard, so it ends after the record is handed over.
+        let _flight = InFlight::enter(self);
         let mut guard = AuditGuard {
             audit: &self.audit,
             started: Instant::now(),
@@ -306,6 +344,15 @@ impl Hub {
                 format!("service_request_id is longer than {MAX_SERVICE_REQUEST_ID_LEN} bytes"),
             ));
         }
+        if input.fields.len() > MAX_FIELDS || input.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
+            violations.push(Violation::new(
+                "fields",
+                format!(
+                    "give at most {MAX_FIELDS} field names of at most {MAX_FIELD_LEN} bytes each \
+                     (ListServices lists your granted fields)"
+                ),
+            ));
+        }
         if input.service.len() > MAX_SERVICE_LEN {
             violations.push(Violation::new(
                 "service",
@@ -329,11 +376,12 @@ impl Hub {
             return Err(HubError::Invalid(violations));
         }
         // 3. Decide.
+        let at = jiff::Timestamp::now();
         let fields = match policy.decide(&DecisionRequest {
             agency: &caller.agency,
             service: &input.service,
             purpose: &input.purpose,
-            at: jiff::Timestamp::now(),
+            at,
             requested_fields: &input.fields,
         }) {
             Decision::Allow { fields, .. } => fields,
@@ -358,8 +406,7 @@ impl Hub {
         }
         // A planned outage announced in the catalog (R14): say so, and when to come back,
         // instead of letting the call fail against a provider that is down on purpose.
-        let now = jiff::Timestamp::now();
-        if let Some(window) = service.maintenance_at(now) {
+        if let Some(window) = service.maintenance_at(at) {
             let until = window.until.to_timestamp();
             return Err(HubError::Maintenance {
                 provider: service.provider.clone(),
@@ -367,7 +414,7 @@ impl Hub {
                 until: window.until.to_string(),
                 note: window.note.clone().unwrap_or_default(),
                 retry_after: until
-                    .duration_since(now)
+                    .duration_since(at)
                     .try_into()
                     .unwrap_or(Duration::ZERO),
             });

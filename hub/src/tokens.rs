@@ -175,10 +175,6 @@ impl TokenizeBudget {
         }
     }
 
-    pub fn quota(&self) -> TokenizeQuota {
-        self.quota
-    }
-
     /// Takes `codes` national codes from `agency`'s budget, or refuses the whole call
     /// (taking nothing) when the budget does not cover it.
     pub fn take(&self, agency: &str, codes: usize) -> Result<(), QuotaExceeded> {

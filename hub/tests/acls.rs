@@ -2,12 +2,11 @@
 //! own topics and groups, only the hub writes, non-subscribers get nothing, and a broken
 //! policy is refused with file:line.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
-fn policy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/national")
-}
+use common::policy_dir;
 
 fn kafka_acls(dir: &std::path::Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tabadol"))
@@ -186,15 +185,7 @@ fn json_format_lists_the_same_acls() {
 
 #[test]
 fn broken_policy_is_refused_with_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    for f in [
-        "agencies.yaml",
-        "services.yaml",
-        "grants.yaml",
-        "subscriptions.yaml",
-    ] {
-        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
-    }
+    let dir = common::copy_policy();
     let path = dir.path().join("subscriptions.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let line = text

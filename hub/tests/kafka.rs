@@ -1083,20 +1083,27 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     hub.stop().await;
 }
 
+/// The example program `name` in `dir` (`target/debug/examples`). `scripts/test.sh`
+/// builds the examples as programs first (`cargo build --profile test --examples`): a
+/// test run alone builds them only as test harnesses.
+fn find_example(dir: &Path, name: &str) -> Option<PathBuf> {
+    Some(dir.join(name)).filter(|p| p.is_file())
+}
+
 /// An example program of `tabadol-examples`, built next to this test's binary by the
 /// workspace test run (`scripts/test.sh` builds every target before running any).
 fn example_program(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_tabadol"))
+    let dir = Path::new(env!("CARGO_BIN_EXE_tabadol"))
         .parent()
         .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: run the suite with `bash scripts/test.sh` (it builds the examples)",
-        path.display()
-    );
-    path
+        .join("examples");
+    find_example(&dir, name).unwrap_or_else(|| {
+        panic!(
+            "example `{name}` is not built in {}: run the suite with `bash scripts/test.sh` \
+             (it builds the examples)",
+            dir.display()
+        )
+    })
 }
 
 /// Waits (polling, on the test's thread) for a child to exit; kills it after `within`.

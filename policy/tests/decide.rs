@@ -55,16 +55,7 @@ grants:
 ";
 
 fn policy() -> Policy {
-    Policy::from_sources(
-        Path::new("policy"),
-        Sources {
-            agencies: Some(AGENCIES),
-            services: Some(SERVICES),
-            grants: Some(GRANTS),
-            subscriptions: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    Policy::compile(source())
 }
 
 fn ts(s: &str) -> jiff::Timestamp {
