@@ -682,6 +682,33 @@ async fn oversized_context_is_refused() {
         err.message().len() < 1_000,
         "the error must not echo the input"
     );
+
+    // Thousands of made-up field names are refused too, and the trail stays small.
+    let err = CivilRegistryClient::new(hub.channel("cbi").await)
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-BIG-0002", KYC),
+            national_code: hub.alive(0).0,
+            fields: (0..5_000)
+                .map(|i| format!("field_{i}_{}", "x".repeat(50)))
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["fields"]);
+    let trail = InquiryClient::new(hub.channel("cbi").await)
+        .trace(TraceRequest {
+            tracking_code: "TRK-BIG-0002".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trail.entries.len(), 1);
+    assert!(
+        trail.entries[0].detail.len() <= 520,
+        "{}",
+        trail.entries[0].detail
+    );
     hub.stop().await;
 }
 
