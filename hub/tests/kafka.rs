@@ -703,12 +703,11 @@ impl Drop for ChildHub {
 
 /// An Events client of `agency` for the child hub on `port`.
 fn child_client(harness: &TestHub, port: u16, agency: &str) -> EventsClient<Channel> {
-    let cert = std::fs::read_to_string(harness.pki.agency_cert(agency)).unwrap();
-    let key = std::fs::read_to_string(harness.pki.agency_key(agency)).unwrap();
+    let id = harness.identity(agency);
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(harness.ca_pem()))
         .domain_name("localhost")
-        .identity(tonic::transport::Identity::from_pem(cert, key));
+        .identity(tonic::transport::Identity::from_pem(id.cert, id.key));
     let ch = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
         .tls_config(tls)

@@ -91,9 +91,7 @@ async fn call(hub: &TestHub, identity: Option<PemPair>, ca_pem: &str) -> Result<
 #[tokio::test]
 async fn valid_certificate_is_answered() {
     let hub = TestHub::start().await;
-    let cert = std::fs::read_to_string(hub.pki.agency_cert("cbi")).unwrap();
-    let key = std::fs::read_to_string(hub.pki.agency_key("cbi")).unwrap();
-    call(&hub, Some(PemPair { cert, key }), &hub.ca_pem())
+    call(&hub, Some(hub.identity("cbi")), &hub.ca_pem())
         .await
         .expect("cbi is answered");
     hub.stop().await;
@@ -181,9 +179,7 @@ async fn revoked_certificate_is_refused() {
     assert_transport_refusal(&err);
     logs.wait_for(&["TLS handshake refused", "Revoked"]).await;
 
-    let cert = std::fs::read_to_string(hub.pki.agency_cert("cbi")).unwrap();
-    let key = std::fs::read_to_string(hub.pki.agency_key("cbi")).unwrap();
-    call(&hub, Some(PemPair { cert, key }), &hub.ca_pem())
+    call(&hub, Some(hub.identity("cbi")), &hub.ca_pem())
         .await
         .expect("cbi's own, unrevoked certificate is still answered");
     hub.stop().await;

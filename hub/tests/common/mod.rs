@@ -113,11 +113,14 @@ impl TestHub {
         pki::read_ca(&self.pki).unwrap()
     }
 
+    /// The dev certificate and key of `agency`.
+    pub fn identity(&self, agency: &str) -> PemPair {
+        pki::read_pair(&self.pki.agency_cert(agency), &self.pki.agency_key(agency)).unwrap()
+    }
+
     /// A channel authenticated with the dev certificate of `agency`.
     pub async fn channel(&self, agency: &str) -> Channel {
-        let cert = std::fs::read_to_string(self.pki.agency_cert(agency)).unwrap();
-        let key = std::fs::read_to_string(self.pki.agency_key(agency)).unwrap();
-        self.channel_with(Some(PemPair { cert, key }), &self.ca_pem())
+        self.channel_with(Some(self.identity(agency)), &self.ca_pem())
             .await
             .expect("connect")
     }
