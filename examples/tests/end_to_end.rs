@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tabadol_hub::app::HubHandle;
-use tabadol_hub::dev::{prepare, DevEnv, DevOptions};
+use tabadol_hub::ops::app::HubHandle;
+use tabadol_hub::ops::dev::{prepare, DevEnv, DevOptions};
 
 /// The example program `name` in `dir` (`target/debug/examples`). `scripts/test.sh`
 /// builds the examples as programs first (`cargo build --profile test --examples`): a
@@ -55,7 +55,7 @@ impl Dev {
         };
         let env = prepare(&opts).await.expect("dev environment");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
+        let handle = tabadol_hub::ops::app::start(&env.config, env.policy.clone(), listener)
             .await
             .expect("hub starts");
         Dev {

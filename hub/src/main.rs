@@ -4,5 +4,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tabadol_hub::cli::main(tabadol_hub::cli::Cli::parse())
+    tabadol_hub::ops::cli::main(tabadol_hub::ops::cli::Cli::parse())
 }

@@ -12,7 +12,7 @@ use tabadol_proto::v1::{SubscribeRequest, TokenizeRequest};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simulated_registry_trickle_reaches_subscribers() {
     let hub = TestHub::start().await;
-    let trickle = tabadol_hub::dev::spawn_event_trickle(
+    let trickle = tabadol_hub::ops::dev::spawn_event_trickle(
         &hub.pki.dir,
         hub.dataset.clone(),
         hub.handle.addr,

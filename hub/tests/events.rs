@@ -694,7 +694,8 @@ async fn manifest_matches_what_subscriber_received() {
     // Yesterday (also the default): nothing, and complete — unless the test runs within
     // CLOSE_GRACE after Tehran midnight, when yesterday is not closed yet.
     let yesterday = JalaliDate::from_civil(day_before.to_civil().yesterday().unwrap());
-    let closed_before = tabadol_hub::manifests::day_closed(yesterday, jiff::Timestamp::now());
+    let closed_before =
+        tabadol_hub::events::manifests::day_closed(yesterday, jiff::Timestamp::now());
     for day in [String::new(), yesterday.to_string()] {
         let y = cbi
             .get_manifest(GetManifestRequest { day })
@@ -893,27 +894,27 @@ fn national_code(prefix: u32) -> String {
 /// agency whose certificate CN is `{agency}.agency.tabadol.ir`.
 struct QuotaHarness {
     _dir: tempfile::TempDir,
-    svc: tabadol_hub::grpc::events::EventsService,
+    svc: tabadol_hub::edge::grpc::events::EventsService,
 }
 
 impl QuotaHarness {
-    fn new(quota: tabadol_hub::tokens::TokenizeQuota) -> Self {
+    fn new(quota: tabadol_hub::events::tokens::TokenizeQuota) -> Self {
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
-        let audit = tabadol_hub::audit::Audit::open(&db, Default::default()).unwrap();
-        let hub = Arc::new(tabadol_hub::pipeline::Hub::new(
+        let audit = tabadol_hub::inquiry::audit::Audit::open(&db, Default::default()).unwrap();
+        let hub = Arc::new(tabadol_hub::inquiry::pipeline::Hub::new(
             policy,
             Default::default(),
             audit,
         ));
-        let svc = tabadol_hub::grpc::events::EventsService::with_options(
+        let svc = tabadol_hub::edge::grpc::events::EventsService::with_options(
             hub,
-            Arc::new(tabadol_hub::outbox::Outbox::open(&db).unwrap()),
-            Arc::new(tabadol_hub::tokens::Tokens::open(&db).unwrap()),
-            Arc::new(tabadol_hub::manifests::ManifestStore::open(&db).unwrap()),
-            tabadol_hub::grpc::events::EventsOptions {
+            Arc::new(tabadol_hub::events::outbox::Outbox::open(&db).unwrap()),
+            Arc::new(tabadol_hub::events::tokens::Tokens::open(&db).unwrap()),
+            Arc::new(tabadol_hub::events::manifests::ManifestStore::open(&db).unwrap()),
+            tabadol_hub::edge::grpc::events::EventsOptions {
                 tokenize_quota: quota,
             },
         );
@@ -925,7 +926,7 @@ impl QuotaHarness {
         let mut r = tonic::Request::new(TokenizeRequest {
             national_codes: codes.to_vec(),
         });
-        r.extensions_mut().insert(tabadol_hub::tls::PeerInfo {
+        r.extensions_mut().insert(tabadol_hub::edge::tls::PeerInfo {
             remote: "127.0.0.1:1".parse().unwrap(),
             common_name: Some(format!("{agency}.agency.tabadol.ir")),
             serial: "01".into(),
@@ -942,7 +943,7 @@ impl QuotaHarness {
 async fn tokenize_quota_counts_national_codes() {
     use std::num::NonZeroU32;
     use tonic_types::StatusExt;
-    let h = QuotaHarness::new(tabadol_hub::tokens::TokenizeQuota {
+    let h = QuotaHarness::new(tabadol_hub::events::tokens::TokenizeQuota {
         codes: NonZeroU32::new(10).unwrap(),
         period: Duration::from_secs(3600),
         burst: NonZeroU32::new(10).unwrap(),

@@ -996,8 +996,8 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     let today = JalaliDate::in_tehran(jiff::Timestamp::now());
     let outbox = hub.handle.outbox.clone();
     let created = {
-        let tokens = tabadol_hub::tokens::Tokens::open(&hub.handle.db).unwrap();
-        tabadol_hub::manifests::close_day(
+        let tokens = tabadol_hub::events::tokens::Tokens::open(&hub.handle.db).unwrap();
+        tabadol_hub::events::manifests::close_day(
             today,
             &hub.handle.hub,
             &outbox,

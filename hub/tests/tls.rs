@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{ctx, TestHub};
-use tabadol_hub::pki::{self, LeafSpec, PemPair};
+use tabadol_hub::ops::pki::{self, LeafSpec, PemPair};
 use tabadol_proto::v1::shahkar_client::ShahkarClient;
 use tabadol_proto::v1::MatchMobileRequest;
 use tonic::Code;

@@ -2,8 +2,9 @@
 //! national id, mobile number, postal code and tracking code (REQUIREMENTS.md, "Identifier
 //! formats").
 //!
-//! Validators are strict: ASCII digits only. Callers that accept user input written with
-//! Persian or Arabic-Indic digits should pass it through [`normalize_digits`] first.
+//! Validators are strict: ASCII digits only. Every edge that accepts an agency's input
+//! passes it through [`canonical`] first (Persian and Arabic-Indic digits become ASCII;
+//! invisible characters are refused) and stores and forwards the canonical form.
 
 use std::borrow::Cow;
 
@@ -54,6 +55,18 @@ pub enum IdError {
         /// The first offending character.
         found: char,
     },
+    /// An invisible or control character (ZWNJ, a bidi override, NUL, ...) that would make
+    /// two different values look the same.
+    #[error(
+        "remove the invisible character U+{code:04X} ({name}): identifiers, dates and codes \
+         must be plain digits and letters"
+    )]
+    Invisible {
+        /// The code point found.
+        code: u32,
+        /// Its common name, e.g. "zero-width non-joiner".
+        name: &'static str,
+    },
 }
 
 const NATIONAL_CODE: &str = "national code";
@@ -76,6 +89,39 @@ pub fn normalize_digits(s: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// The name of an invisible or control character that must never appear in an identifier,
+/// a date or a code, or `None` for a visible one.
+pub fn invisible_name(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{0}' => "NUL",
+        '\u{200B}' => "zero-width space",
+        '\u{200C}' => "zero-width non-joiner",
+        '\u{200D}' => "zero-width joiner",
+        '\u{200E}' | '\u{200F}' | '\u{061C}' => "direction mark",
+        '\u{202A}'..='\u{202E}' => "bidi embedding or override",
+        '\u{2066}'..='\u{2069}' => "bidi isolate",
+        '\u{2060}' => "word joiner",
+        '\u{FEFF}' => "byte-order mark",
+        '\u{00AD}' => "soft hyphen",
+        c if c.is_control() => "control character",
+        _ => return None,
+    })
+}
+
+/// The canonical form of an identifier, date or code as sent by an agency: Persian and
+/// Arabic-Indic digits become ASCII digits; invisible and control characters are refused
+/// (never silently dropped, so what is stored is what the sender can see).
+/// Borrows when the value is already canonical.
+pub fn canonical(s: &str) -> Result<Cow<'_, str>, IdError> {
+    if let Some((c, name)) = s.chars().find_map(|c| invisible_name(c).map(|n| (c, n))) {
+        return Err(IdError::Invisible {
+            code: c as u32,
+            name,
+        });
+    }
+    Ok(normalize_digits(s))
 }
 
 /// Checks length and digits; returns the digit values.
@@ -216,6 +262,20 @@ pub fn legal_entity_id_from_prefix(prefix10: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Persian and Arabic-Indic digits become ASCII; invisible characters are refused, named.
+    #[test]
+    fn canonical_normalizes_digits_and_refuses_invisible_characters() {
+        assert_eq!(canonical("۲۴۲۹۱۶۳۵۵۱").unwrap(), "2429163551");
+        assert_eq!(canonical("٢٤٢٩").unwrap(), "2429");
+        assert!(matches!(canonical("1403/01/01").unwrap(), Cow::Borrowed(_)));
+        for bad in ["24\u{200C}29", "\u{202E}2429", "24\u{0}29", "\u{FEFF}1"] {
+            let e = canonical(bad).unwrap_err();
+            assert!(matches!(e, IdError::Invisible { .. }), "{bad:?}");
+            assert!(e.to_string().contains("invisible"), "{e}");
+        }
+        assert!(validate_national_code(&canonical("۲۴۲۹۱۶۳۵۵۱").unwrap()).is_ok());
+    }
 
     /// A national code whose check digit was computed by hand is accepted.
     #[test]

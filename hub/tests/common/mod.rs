@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tabadol_adapters::simulators::{Dataset, Simulators};
-use tabadol_hub::app::HubHandle;
-use tabadol_hub::dev::{prepare, DevOptions};
-use tabadol_hub::pki::{self, LeafSpec, PemPair, PkiLayout};
+use tabadol_hub::ops::app::HubHandle;
+use tabadol_hub::ops::dev::{prepare, DevOptions};
+use tabadol_hub::ops::pki::{self, LeafSpec, PemPair, PkiLayout};
 use tabadol_proto::v1::InquiryContext;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -70,7 +70,7 @@ impl TestHub {
     pub async fn start_configured(
         kafka: Option<(&str, u64)>,
         policy: PathBuf,
-        configure: impl FnOnce(&PkiLayout, &mut tabadol_hub::config::Config),
+        configure: impl FnOnce(&PkiLayout, &mut tabadol_hub::ops::config::Config),
     ) -> TestHub {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
@@ -82,14 +82,14 @@ impl TestHub {
             simulate_events: None,
         };
         let mut env = prepare(&opts).await.expect("dev environment");
-        env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::config::KafkaSection {
+        env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::ops::config::KafkaSection {
             message_timeout_ms: ms,
             topic_replication: 1, // one test broker
-            ..tabadol_hub::config::KafkaSection::new(brokers)
+            ..tabadol_hub::ops::config::KafkaSection::new(brokers)
         });
         configure(&PkiLayout::new(dir.path().join("pki")), &mut env.config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handle = tabadol_hub::app::start(&env.config, env.policy.clone(), listener)
+        let handle = tabadol_hub::ops::app::start(&env.config, env.policy.clone(), listener)
             .await
             .expect("hub starts");
         TestHub {

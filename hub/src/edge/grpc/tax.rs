@@ -7,7 +7,7 @@ use tabadol_proto::v1::tax_server::Tax;
 use tabadol_proto::v1::{GetTaxpayerRequest, GetTaxpayerResponse};
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::Hub;
+use crate::inquiry::pipeline::Hub;
 
 /// Catalog id of the taxpayer service.
 pub const SERVICE: &str = "inta.taxpayer";

@@ -1,5 +1,5 @@
 //! gRPC front ends: each service converts protobuf to pipeline input and back; all of
-//! them run through the same [`Hub`](crate::pipeline::Hub) pipeline.
+//! them run through the same [`Hub`](crate::inquiry::pipeline::Hub) pipeline.
 
 pub mod civil_registry;
 pub mod events;
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tabadol_proto::v1::InquiryContext;
 use tonic::{Request, Status};
 
-use crate::pipeline::{Caller, Hub, InquiryInput};
-use crate::tls::PeerInfo;
+use crate::edge::tls::PeerInfo;
+use crate::inquiry::pipeline::{Caller, Hub, InquiryInput};
 
 /// Resolves the calling agency from the verified certificate of the connection.
 pub(crate) fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {

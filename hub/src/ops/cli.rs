@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tabadol_policy::Policy;
 
-use crate::pki::PkiLayout;
+use crate::ops::pki::PkiLayout;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,11 +107,11 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "policy/national")]
         dir: PathBuf,
         /// Kafka principal of the hub (the one allowed to write).
-        #[arg(long, default_value = crate::acls::DEFAULT_HUB_PRINCIPAL)]
+        #[arg(long, default_value = crate::kafka::acls::DEFAULT_HUB_PRINCIPAL)]
         hub_principal: String,
         /// Kafka principal of an agency: `{cn}` is its certificate common name from
         /// agencies.yaml, `{agency}` its id.
-        #[arg(long, default_value = crate::acls::DEFAULT_PRINCIPAL_FORMAT)]
+        #[arg(long, default_value = crate::kafka::acls::DEFAULT_PRINCIPAL_FORMAT)]
         principal_format: String,
         /// `--bootstrap-server` of the printed commands.
         #[arg(long, value_name = "HOST:PORT", default_value = "localhost:9092")]
@@ -184,13 +184,13 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let (cfg, policy) = crate::config::Config::load(&config).map_err(|e| {
+            let (cfg, policy) = crate::ops::config::Config::load(&config).map_err(|e| {
                 anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display())
             })?;
             let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-            let handle = crate::app::start(&cfg, policy, listener).await?;
-            crate::app::spawn_policy_reload(handle.hub.clone(), cfg.policy_dir.clone());
-            crate::app::shutdown_signal().await;
+            let handle = crate::ops::app::start(&cfg, policy, listener).await?;
+            crate::ops::app::spawn_policy_reload(handle.hub.clone(), cfg.policy_dir.clone());
+            crate::ops::app::shutdown_signal().await;
             tracing::info!("shutting down");
             handle.stop().await?;
             Ok(ExitCode::SUCCESS)
@@ -208,26 +208,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 s => s.map(std::time::Duration::from_secs_f64),
             };
-            let opts = crate::dev::DevOptions {
+            let opts = crate::ops::dev::DevOptions {
                 dir,
                 listen,
                 policy,
                 kafka,
                 simulate_events,
             };
-            let env = crate::dev::prepare(&opts).await?;
+            let env = crate::ops::dev::prepare(&opts).await?;
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {listen}: {e}; choose another with --listen")
             })?;
-            let handle = crate::app::start(&env.config, env.policy.clone(), listener).await?;
-            crate::app::spawn_policy_reload(handle.hub.clone(), env.config.policy_dir.clone());
-            println!("{}", crate::dev::banner(&env, handle.addr));
+            let handle = crate::ops::app::start(&env.config, env.policy.clone(), listener).await?;
+            crate::ops::app::spawn_policy_reload(handle.hub.clone(), env.config.policy_dir.clone());
+            println!("{}", crate::ops::dev::banner(&env, handle.addr));
             let trickle = match opts.simulate_events {
                 Some(every) => {
                     println!(
                         "Simulated civil registry: publishing a death or identity change as nocr every {every:?}."
                     );
-                    Some(crate::dev::spawn_event_trickle(
+                    Some(crate::ops::dev::spawn_event_trickle(
                         &env.config.data_dir.join("pki"),
                         env.dataset.clone(),
                         handle.addr,
@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            crate::app::shutdown_signal().await;
+            crate::ops::app::shutdown_signal().await;
             println!("shutting down…");
             if let Some(t) = trickle {
                 t.abort();
@@ -248,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pki(PkiCommand::Init { dir, policy }) => {
             let policy = load_policy(&policy)?;
             let agencies = agency_names(&policy);
-            let report = crate::pki::ensure_dev_pki(&PkiLayout::new(&dir), &agencies)?;
+            let report = crate::ops::pki::ensure_dev_pki(&PkiLayout::new(&dir), &agencies)?;
             println!(
                 "PKI in {}: root {}, issued {:?}",
                 dir.display(),
@@ -271,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .agency(&agency)
                 .ok_or_else(|| anyhow::anyhow!("agency `{agency}` is not in agencies.yaml"))?;
             let layout = PkiLayout::new(&dir);
-            crate::pki::issue_agency(&layout, &a.id, &a.certificate.common_name)?;
+            crate::ops::pki::issue_agency(&layout, &a.id, &a.certificate.common_name)?;
             println!(
                 "issued {} and {}",
                 layout.agency_cert(&a.id).display(),
@@ -316,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.national_service_id,
                     g.fields,
                     g.purposes,
-                    crate::pipeline::approval_text(&g.approved)
+                    crate::inquiry::pipeline::approval_text(&g.approved)
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -330,28 +330,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         }) => {
             let policy = load_policy(&dir)?;
-            let opts = crate::acls::AclOptions {
+            let opts = crate::kafka::acls::AclOptions {
                 hub_principal,
                 principal_format,
             };
-            let entries = crate::acls::kafka_acls(&policy, &opts)?;
+            let entries = crate::kafka::acls::kafka_acls(&policy, &opts)?;
             let text = match format {
-                AclFormat::Commands => crate::acls::render_commands(
+                AclFormat::Commands => crate::kafka::acls::render_commands(
                     &entries,
-                    &crate::acls::RenderOptions {
+                    &crate::kafka::acls::RenderOptions {
                         bootstrap_server,
                         command_config: command_config.map(|c| c.display().to_string()),
                         policy_dir: dir.display().to_string(),
                     },
                 ),
-                AclFormat::Json => crate::acls::render_json(&entries),
+                AclFormat::Json => crate::kafka::acls::render_json(&entries),
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => {
             let db = sled::open(data_dir.join("store"))?;
-            match crate::audit::verify_db(&db) {
+            match crate::inquiry::audit::verify_db(&db) {
                 Ok(n) => {
                     println!("audit log intact: {n} records, hash chain verified");
                     Ok(ExitCode::SUCCESS)
@@ -368,7 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracking_code,
         }) => {
             let db = sled::open(data_dir.join("store"))?;
-            let audit = crate::audit::Audit::open(&db, crate::audit::AuditOptions::default())?;
+            let audit = crate::inquiry::audit::Audit::open(
+                &db,
+                crate::inquiry::audit::AuditOptions::default(),
+            )?;
             for r in audit.trace(&agency, &tracking_code)? {
                 println!("{}", serde_json::to_string(&r)?);
             }

@@ -20,13 +20,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::audit::AuditRecord;
-use crate::error::{HubError, Violation};
-use crate::events::{for_subscriber, manifest, validate_publish};
-use crate::manifests::{day_closed, ManifestStore};
-use crate::outbox::{NewEvent, Outbox, OutboxError};
-use crate::pipeline::{Caller, Hub};
-use crate::tokens::{QuotaExceeded, TokenizeBudget, TokenizeQuota, Tokens};
+use crate::edge::error::{HubError, Violation};
+use crate::events::manifests::{day_closed, ManifestStore};
+use crate::events::model::{for_subscriber, manifest, validate_publish};
+use crate::events::outbox::{NewEvent, Outbox, OutboxError};
+use crate::events::tokens::{QuotaExceeded, TokenizeBudget, TokenizeQuota, Tokens};
+use crate::inquiry::audit::AuditRecord;
+use crate::inquiry::pipeline::{Caller, Hub};
 
 /// Most national codes in one Tokenize call.
 pub const MAX_TOKENIZE: usize = 1000;
@@ -45,8 +45,8 @@ const DOMAIN: &str = "tabadol.ir";
 #[derive(Debug, Clone, Default)]
 pub struct EventsOptions {
     /// National codes each subscriber agency may tokenize; by default
-    /// [`crate::tokens::TOKENIZE_CODES_PER_DAY`] per day, burst
-    /// [`crate::tokens::TOKENIZE_CODES_BURST`].
+    /// [`crate::events::tokens::TOKENIZE_CODES_PER_DAY`] per day, burst
+    /// [`crate::events::tokens::TOKENIZE_CODES_BURST`].
     pub tokenize_quota: TokenizeQuota,
 }
 
@@ -564,7 +564,7 @@ impl Events for EventsService {
             .get(&caller.agency, &day.to_string())
             .map_err(|e| HubError::Internal(e.to_string()))?
         {
-            return Ok(Response::new(crate::manifests::to_proto(&m, true)));
+            return Ok(Response::new(crate::events::manifests::to_proto(&m, true)));
         }
         // A day is fixed only once closed (CLOSE_GRACE after its midnight, as the daily
         // task does), so an event accepted just before midnight and still being flushed
@@ -589,7 +589,9 @@ impl Events for EventsService {
         } else {
             m
         };
-        Ok(Response::new(crate::manifests::to_proto(&m, closed)))
+        Ok(Response::new(crate::events::manifests::to_proto(
+            &m, closed,
+        )))
     }
 }
 

@@ -13,8 +13,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tabadol_adapters::{Provider, ProviderRequest, Record};
 use tabadol_policy::{ids, Decision, DecisionRequest, Policy};
 
-use crate::audit::{Audit, AuditRecord};
-use crate::error::{clip, HubError, Violation};
+use crate::edge::error::{clip, HubError, Violation};
+use crate::inquiry::audit::{Audit, AuditRecord};
 
 /// A grant's approval reference as one line, e.g.
 /// "interoperability-working-group, session 26 (1400/08/18), access resolution, item 3".
@@ -185,6 +185,12 @@ pub struct Hub {
     /// Inquiries running now; `drained` waits for it to reach zero at shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Bumped whenever what decides access changes (policy reload, CRL reload); open
+    /// connections and long-lived streams watch it and re-check their caller.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Serial numbers (hex, as [`crate::edge::tls::PeerInfo::serial`]) revoked by the
+    /// certificate revocation lists in force; replaced whole when the CRLs are reloaded.
+    revoked: ArcSwap<std::collections::HashSet<String>>,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
 }
@@ -205,6 +211,8 @@ impl Hub {
             audit,
             in_flight: Default::default(),
             idle: tokio::sync::Notify::new(),
+            changes: tokio::sync::watch::Sender::new(0),
+            revoked: ArcSwap::from_pointee(Default::default()),
             default_deadline: Duration::from_secs(10),
         }
     }
@@ -233,6 +241,31 @@ impl Hub {
     /// Replaces the policy atomically (callers in flight keep the old one).
     pub fn swap_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(PolicyState::new(policy)));
+        self.access_changed();
+    }
+
+    /// Tells every open connection and stream that access may have changed (the policy or
+    /// the revocation lists were reloaded): each re-checks its caller.
+    pub fn access_changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Replaces the set of revoked certificate serials (after the CRLs were reloaded) and
+    /// tells open connections and streams to re-check.
+    pub fn set_revoked(&self, serials: std::collections::HashSet<String>) {
+        self.revoked.store(Arc::new(serials));
+        self.access_changed();
+    }
+
+    /// Whether the certificate with this serial (hex) is revoked by the CRLs in force.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.load().contains(serial)
+    }
+
+    /// A receiver that sees every [`Hub::access_changed`]; long-lived streams and
+    /// connections hold one and re-check their caller when it fires.
+    pub fn access_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn audit(&self) -> &Audit {

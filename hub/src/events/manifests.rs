@@ -18,11 +18,11 @@ use tabadol_policy::jalali::JalaliDate;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::events::{manifest, Manifest};
-use crate::outbox::Outbox;
-use crate::pipeline::Hub;
-use crate::relay::RelayOptions;
-use crate::tokens::Tokens;
+use crate::events::model::{manifest, Manifest};
+use crate::events::outbox::Outbox;
+use crate::events::relay::RelayOptions;
+use crate::events::tokens::Tokens;
+use crate::inquiry::pipeline::Hub;
 
 const TREE: &str = "manifests";
 
@@ -252,9 +252,9 @@ pub fn spawn(
 ) -> anyhow::Result<ManifestTask> {
     let kafka = match kafka {
         Some(opts) => {
-            let producer = crate::relay::producer(&opts, "tabadol-hub-manifests")
+            let producer = crate::events::relay::producer(&opts, "tabadol-hub-manifests")
                 .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
-            let admin = crate::relay::admin(&opts, "tabadol-hub-manifests-admin")
+            let admin = crate::events::relay::admin(&opts, "tabadol-hub-manifests-admin")
                 .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
             Some(KafkaOut {
                 producer,

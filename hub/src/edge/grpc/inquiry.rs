@@ -12,8 +12,8 @@ use tabadol_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::error::{HubError, Violation};
-use crate::pipeline::{Caller, Hub, InquiryInput, InquiryOutput};
+use crate::edge::error::{HubError, Violation};
+use crate::inquiry::pipeline::{Caller, Hub, InquiryInput, InquiryOutput};
 
 /// Most items one `InquireMany` call may carry.
 pub const MAX_FAN_OUT: usize = 32;
@@ -190,7 +190,7 @@ impl Inquiry for InquiryService {
                 inputs: s.inputs.iter().map(|i| i.name.clone()).collect(),
                 fields: g.fields.clone(),
                 purposes: g.purposes.clone(),
-                approved: crate::pipeline::approval_text(&g.approved),
+                approved: crate::inquiry::pipeline::approval_text(&g.approved),
                 valid_from: g.valid_from.map(|d| d.to_string()).unwrap_or_default(),
                 valid_until: g.valid_until.map(|d| d.to_string()).unwrap_or_default(),
                 maintenance: s

@@ -12,12 +12,12 @@ use tabadol_proto::v1::shahkar_server::ShahkarServer;
 use tabadol_proto::v1::tax_server::TaxServer;
 use tokio::net::TcpListener;
 
-use crate::grpc::civil_registry::CivilRegistryService;
-use crate::grpc::events::EventsService;
-use crate::grpc::inquiry::InquiryService;
-use crate::grpc::shahkar::ShahkarService;
-use crate::grpc::tax::TaxService;
-use crate::pipeline::Hub;
+use crate::edge::grpc::civil_registry::CivilRegistryService;
+use crate::edge::grpc::events::EventsService;
+use crate::edge::grpc::inquiry::InquiryService;
+use crate::edge::grpc::shahkar::ShahkarService;
+use crate::edge::grpc::tax::TaxService;
+use crate::inquiry::pipeline::Hub;
 
 /// Most TLS handshakes in progress at once.
 const MAX_PENDING_HANDSHAKES: usize = 1024;
@@ -46,7 +46,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let incoming = crate::tls::incoming(listener, tls, MAX_PENDING_HANDSHAKES);
+    let incoming = crate::edge::tls::incoming(listener, tls, MAX_PENDING_HANDSHAKES);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)

@@ -49,7 +49,7 @@ pub struct EventsSection {
 }
 
 fn default_tokenize_codes_per_day() -> u32 {
-    crate::tokens::TOKENIZE_CODES_PER_DAY
+    crate::events::tokens::TOKENIZE_CODES_PER_DAY
 }
 
 impl Default for EventsSection {
@@ -62,11 +62,11 @@ impl Default for EventsSection {
 
 impl EventsSection {
     /// The Tokenize quota these settings give (None when invalid; `validate` says why).
-    pub fn tokenize_quota(&self) -> Option<crate::tokens::TokenizeQuota> {
+    pub fn tokenize_quota(&self) -> Option<crate::events::tokens::TokenizeQuota> {
         let codes = std::num::NonZeroU32::new(self.tokenize_codes_per_day)?;
-        Some(crate::tokens::TokenizeQuota {
+        Some(crate::events::tokens::TokenizeQuota {
             codes,
-            period: crate::tokens::DAY,
+            period: crate::events::tokens::DAY,
             burst: codes,
         })
     }

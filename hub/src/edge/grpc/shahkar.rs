@@ -6,7 +6,7 @@ use tabadol_proto::v1::shahkar_server::Shahkar;
 use tabadol_proto::v1::{MatchMobileRequest, MatchMobileResponse};
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::Hub;
+use crate::inquiry::pipeline::Hub;
 
 /// Catalog id of the Shahkar match service.
 pub const SERVICE: &str = "cra.shahkar.match";

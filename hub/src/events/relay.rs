@@ -24,10 +24,10 @@ use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::events::{ce_type, for_subscriber, source, topic};
-use crate::outbox::{Outbox, StoredEvent};
-use crate::pipeline::Hub;
-use crate::tokens::Tokens;
+use crate::events::model::{ce_type, for_subscriber, source, topic};
+use crate::events::outbox::{Outbox, StoredEvent};
+use crate::events::tokens::Tokens;
+use crate::inquiry::pipeline::Hub;
 
 const PRODUCER_ID: &str = "tabadol-hub-relay";
 const ADMIN_ID: &str = "tabadol-hub-relay-admin";

@@ -13,15 +13,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::audit::{Audit, AuditOptions};
-use crate::config::Config;
-use crate::grpc::events::EventsService;
-use crate::manifests::{ManifestStore, ManifestTask};
-use crate::outbox::Outbox;
-use crate::pipeline::Hub;
-use crate::relay::{RelayHandle, RelayOptions};
-use crate::tls::{server_config, TlsFiles};
-use crate::tokens::Tokens;
+use crate::edge::grpc::events::EventsService;
+use crate::edge::tls::{server_config, TlsFiles};
+use crate::events::manifests::{ManifestStore, ManifestTask};
+use crate::events::outbox::Outbox;
+use crate::events::relay::{RelayHandle, RelayOptions};
+use crate::events::tokens::Tokens;
+use crate::inquiry::audit::{Audit, AuditOptions};
+use crate::inquiry::pipeline::Hub;
+use crate::ops::config::Config;
 
 /// How long `stop` lets calls in flight finish before closing the remaining connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -156,7 +156,7 @@ pub async fn start(
         opts
     });
     let relay = match &kafka_opts {
-        Some(opts) => Some(crate::relay::spawn(
+        Some(opts) => Some(crate::events::relay::spawn(
             opts.clone(),
             outbox.clone(),
             tokens.clone(),
@@ -165,7 +165,7 @@ pub async fn start(
         None => None,
     };
     let manifests = Arc::new(ManifestStore::open(&db)?);
-    let manifest_task = crate::manifests::spawn(
+    let manifest_task = crate::events::manifests::spawn(
         hub.clone(),
         outbox.clone(),
         tokens.clone(),
@@ -186,7 +186,7 @@ pub async fn start(
         outbox.clone(),
         tokens.clone(),
         manifests.clone(),
-        crate::grpc::events::EventsOptions {
+        crate::edge::grpc::events::EventsOptions {
             tokenize_quota: cfg.events.tokenize_quota().unwrap_or_default(),
         },
     );
@@ -195,7 +195,7 @@ pub async fn start(
     // Open Subscribe streams would keep a graceful shutdown waiting forever: end them
     // (telling each subscriber where to resume) when shutdown begins.
     let streams = events.streams_stop();
-    let task = tokio::spawn(crate::server::run(
+    let task = tokio::spawn(crate::edge::server::run(
         listener,
         tls,
         hub.clone(),
@@ -241,7 +241,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Reloads the policy on SIGHUP, keeping the last good one when the new one is broken.
+/// Reloads what decides access on SIGHUP: the policy (keeping the last good one when the
+/// new one is broken). Open connections and streams re-check their callers afterwards
+/// ([`Hub::access_changes`]).
 pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -250,20 +252,28 @@ pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
             return;
         };
         while hup.recv().await.is_some() {
-            match Policy::load_dir(&dir) {
-                Ok(p) => {
-                    hub.swap_policy(p);
-                    tracing::info!(message = "policy reloaded", dir = %dir.display());
-                }
-                Err(errors) => {
-                    tracing::error!(
-                        message = "policy reload refused; keeping the last good policy",
-                        errors = %errors
-                    );
-                }
-            }
+            reload_policy(&hub, &dir).await;
         }
     });
     #[cfg(not(unix))]
     let _ = (hub, dir);
+}
+
+/// Loads the policy from `dir` and puts it in force; a broken one is refused and the last
+/// good policy stays. Returns whether the new policy was taken.
+pub async fn reload_policy(hub: &Hub, dir: &std::path::Path) -> bool {
+    match Policy::load_dir(dir) {
+        Ok(p) => {
+            hub.swap_policy(p);
+            tracing::info!(message = "policy reloaded", dir = %dir.display());
+            true
+        }
+        Err(errors) => {
+            tracing::error!(
+                message = "policy reload refused; keeping the last good policy",
+                errors = %errors
+            );
+            false
+        }
+    }
 }

@@ -8,7 +8,7 @@ use tabadol_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::Hub;
+use crate::inquiry::pipeline::Hub;
 
 /// Catalog id of the identity service.
 pub const IDENTITY: &str = "nocr.identity";

@@ -9,26 +9,26 @@ use anyhow::Context as _;
 use tabadol_adapters::simulators::{Dataset, Simulators};
 use tabadol_policy::Policy;
 
-use crate::config::{AuditSection, Config, KafkaSection, ProviderSection, TlsSection};
-use crate::pki::{ensure_dev_pki, PkiLayout};
+use crate::ops::config::{AuditSection, Config, KafkaSection, ProviderSection, TlsSection};
+use crate::ops::pki::{ensure_dev_pki, PkiLayout};
 
 /// The shipped national policy, embedded so `tabadol dev` runs from anywhere.
 const EMBEDDED_POLICY: [(&str, &str); 4] = [
     (
         "agencies.yaml",
-        include_str!("../../policy/national/agencies.yaml"),
+        include_str!("../../../policy/national/agencies.yaml"),
     ),
     (
         "services.yaml",
-        include_str!("../../policy/national/services.yaml"),
+        include_str!("../../../policy/national/services.yaml"),
     ),
     (
         "grants.yaml",
-        include_str!("../../policy/national/grants.yaml"),
+        include_str!("../../../policy/national/grants.yaml"),
     ),
     (
         "subscriptions.yaml",
-        include_str!("../../policy/national/subscriptions.yaml"),
+        include_str!("../../../policy/national/subscriptions.yaml"),
     ),
 ];
 

@@ -6,9 +6,9 @@ use sha2::{Digest, Sha256};
 use tabadol_policy::{ids, jalali::JalaliDate};
 use tabadol_proto::v1::Event;
 
-use crate::error::Violation;
-use crate::outbox::{Outbox, OutboxError, StoredEvent};
-use crate::tokens::{TokenError, Tokens};
+use crate::edge::error::Violation;
+use crate::events::outbox::{Outbox, OutboxError, StoredEvent};
+use crate::events::tokens::{TokenError, Tokens};
 
 /// Event types the hub carries.
 pub const EVENT_TYPES: [&str; 2] = ["death.v1", "identity-change.v1"];
@@ -132,7 +132,7 @@ pub fn tehran_day(micros: i64) -> JalaliDate {
 /// Computes the manifest of `day` for `agency`, over the event types it subscribes to.
 /// A subscriber recomputes the same digest over the events it received. Only acknowledged
 /// events count ([`Outbox::read_after`] stops at the last flushed one); the result is
-/// final only for a day that is [`crate::manifests::day_closed`], computed after
+/// final only for a day that is [`crate::events::manifests::day_closed`], computed after
 /// [`Outbox::settled`].
 pub fn manifest(
     outbox: &Outbox,

@@ -1,7 +1,7 @@
 //! Kafka ACLs implied by the policy (R5): each subscriber reads only its own topics and consumer groups, only the hub writes.
 //!
 //! The relay produces every event type to `tabadol.<event-type>.<agency>` for each
-//! subscriber (see [`crate::events::topic`]). [`kafka_acls`] turns the policy's
+//! subscriber (see [`crate::events::model::topic`]). [`kafka_acls`] turns the policy's
 //! subscriptions into the ACL entries a Kafka cluster needs for exactly that, and
 //! [`render_commands`] prints them as `kafka-acls.sh --add` command lines (with a `#`
 //! comment header) that can be piped to `sh`. Brokers must run an authorizer with
@@ -9,7 +9,7 @@
 //! is denied.
 //!
 //! Principals: Kafka's default SSL principal builder names a client `User:` followed by
-//! its certificate subject DN in RFC 2253 form. The dev PKI (`crate::pki`) issues agency
+//! its certificate subject DN in RFC 2253 form. The dev PKI (`crate::ops::pki`) issues agency
 //! and hub certificates whose subject is only `CN=<common name>`, so an agency is
 //! `User:CN=<certificate.common_name>` by default. With a national PKI whose subjects carry
 //! more attributes, set `ssl.principal.mapping.rules` on the brokers (e.g.
@@ -22,7 +22,7 @@ use std::fmt;
 use serde::Serialize;
 use tabadol_policy::Policy;
 
-use crate::events::topic;
+use crate::events::model::topic;
 
 /// Prefix of every topic the hub produces to; the hub may write below it.
 pub const TOPIC_PREFIX: &str = "tabadol.";
@@ -278,7 +278,7 @@ pub fn kafka_acls(policy: &Policy, opts: &AclOptions) -> Result<Vec<AclEntry>, A
             }
         }
         // The subscriber's daily manifests (count and digest of each Tehran day).
-        let manifest_topic = crate::manifests::topic(&agency.id);
+        let manifest_topic = crate::events::manifests::topic(&agency.id);
         for op in [Operation::Read, Operation::Describe] {
             push(entry(
                 op,
@@ -468,7 +468,7 @@ subscriptions:
     fn topics_match_what_the_relay_produces() {
         let p = policy(AGENCIES, Some(SUBSCRIPTIONS));
         let acls = kafka_acls(&p, &AclOptions::default()).unwrap();
-        for ev in crate::events::EVENT_TYPES {
+        for ev in crate::events::model::EVENT_TYPES {
             for agency in p.subscribers_of(ev) {
                 let t = topic(ev, agency);
                 assert!(

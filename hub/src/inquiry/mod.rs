@@ -1,0 +1,4 @@
+//! The inquiry path: the pipeline of layers every inquiry runs through, and the audit log.
+
+pub mod audit;
+pub mod pipeline;

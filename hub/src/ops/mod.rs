@@ -1,0 +1,8 @@
+//! Running and operating the hub: configuration, assembly and shutdown, the CLI, the
+//! development environment and its PKI.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod pki;
