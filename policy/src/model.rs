@@ -455,15 +455,18 @@ mod tests {
         let mut p = params(&[("national_code", "2429\u{200C}163551")]);
         let v = s.canonicalize_params(&mut p, 20).unwrap_err();
         assert_eq!(v.listed[0].field, "national_code");
-        assert!(v.listed[0].description.contains("invisible character U+200C"));
+        assert!(v.listed[0]
+            .description
+            .contains("invisible character U+200C"));
     }
 
     /// Beyond `max_listed`, violations are counted, not described.
     #[test]
     fn violations_beyond_the_limit_are_counted() {
         let s = tax();
-        let mut p: BTreeMap<String, String> =
-            (0..10_000).map(|i| (format!("p{i}"), "x".to_owned())).collect();
+        let mut p: BTreeMap<String, String> = (0..10_000)
+            .map(|i| (format!("p{i}"), "x".to_owned()))
+            .collect();
         let v = s.canonicalize_params(&mut p, 20).unwrap_err();
         assert_eq!(v.listed.len(), 20);
         // 10,000 unknown parameters and the missing one-of group.
