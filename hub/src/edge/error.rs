@@ -41,6 +41,8 @@ pub const MAX_VIOLATIONS: usize = 20;
 /// Cap on a status as sent: the percent-encoded `grpc-message` plus the base64
 /// `grpc-status-details-bin`, well under the 8 KiB header limit of common gRPC clients.
 pub const MAX_STATUS_BYTES: usize = 4096;
+/// Longest message as sent (percent-encoded); the details carry a copy of it.
+const MAX_MESSAGE_BYTES: usize = 1024;
 /// Longest field name kept in a violation (field names can be caller-chosen).
 const MAX_VIOLATION_FIELD: usize = 96;
 /// Longest violation description kept.
@@ -90,7 +92,7 @@ pub enum HubError {
 
 /// The first few violations as one line; the details list them all (up to the cap).
 fn summarize(v: &[Violation]) -> String {
-    const IN_MESSAGE: usize = 3;
+    const IN_MESSAGE: usize = 1;
     let mut s = String::new();
     for v in v.iter().take(IN_MESSAGE) {
         if !s.is_empty() {
@@ -109,13 +111,9 @@ fn summarize(v: &[Violation]) -> String {
     s
 }
 
-/// At most [`MAX_VIOLATIONS`] violations, clipped, plus one counting the rest.
-fn bounded_violations(v: &[Violation]) -> Vec<FieldViolation> {
-    let listed = if v.len() > MAX_VIOLATIONS + 1 {
-        MAX_VIOLATIONS
-    } else {
-        v.len()
-    };
+/// The first `listed` violations, clipped, plus one counting the rest.
+fn listed_violations(v: &[Violation], listed: usize) -> Vec<FieldViolation> {
+    let listed = listed.min(v.len());
     let mut out: Vec<FieldViolation> = v[..listed]
         .iter()
         .map(|v| {
@@ -130,6 +128,27 @@ fn bounded_violations(v: &[Violation]) -> Vec<FieldViolation> {
         out.push(FieldViolation::new(more.field, more.description));
     }
     out
+}
+
+/// A BadRequest status listing as many of `v` as fit in [`MAX_STATUS_BYTES`] (at most
+/// [`MAX_VIOLATIONS`]; a list one longer is kept whole), the rest counted.
+fn bad_request(code: Code, message: &str, v: &[Violation]) -> Status {
+    let mut listed = if v.len() > MAX_VIOLATIONS + 1 {
+        MAX_VIOLATIONS
+    } else {
+        v.len()
+    };
+    loop {
+        let status = Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_bad_request(listed_violations(v, listed)),
+        );
+        if listed == 0 || status_wire_len(&status) <= MAX_STATUS_BYTES {
+            return status;
+        }
+        listed -= 1;
+    }
 }
 
 /// Bytes `message` takes as a percent-encoded `grpc-message` header.
@@ -310,13 +329,10 @@ impl From<HubError> for Status {
 
 fn to_status(e: HubError) -> Status {
     let code = e.code();
-    let message = e.to_string();
+    // The details repeat the message (google.rpc.Status), so it is bounded first.
+    let message = fit_message(&e.to_string(), MAX_MESSAGE_BYTES);
     match &e {
-        HubError::Invalid(violations) => Status::with_error_details(
-            code,
-            message,
-            ErrorDetails::with_bad_request(bounded_violations(violations)),
-        ),
+        HubError::Invalid(violations) => bad_request(code, &message, violations),
         HubError::RateLimited { retry_after, .. } | HubError::Maintenance { retry_after, .. } => {
             Status::with_error_details(
                 code,
