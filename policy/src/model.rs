@@ -1,6 +1,7 @@
 //! The policy model as the working group writes it: agencies, the service catalog, grants
 //! and subscriptions. See `policy/national/README.md` for the file format.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -129,6 +130,19 @@ pub enum InputKind {
 }
 
 impl InputKind {
+    /// The canonical form of a value of this kind: identifiers, mobiles and postal codes
+    /// get ASCII digits and may hold no invisible character (the error says which one was
+    /// found); free text is kept as given (a ZWNJ belongs in Persian words).
+    pub fn canonical(self, value: &str) -> Result<Cow<'_, str>, String> {
+        match self {
+            InputKind::Text => Ok(Cow::Borrowed(value)),
+            InputKind::NationalCode
+            | InputKind::LegalEntityId
+            | InputKind::Mobile
+            | InputKind::PostalCode => ids::canonical(value).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Validates a value of this kind.
     pub fn validate(self, value: &str) -> Result<(), String> {
         let r = match self {
@@ -170,18 +184,57 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// The parameter violations of one call: the first ones in full, the rest only counted (a
+/// caller sending 10,000 unknown parameters gets a short answer, built with little work).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamViolations {
+    /// The violations reported in full, at most the `max_listed` asked for.
+    pub listed: Vec<FieldViolation>,
+    /// How many more violations were found but not described.
+    pub unlisted: usize,
+}
+
+impl ParamViolations {
+    fn push(&mut self, max_listed: usize, violation: impl FnOnce() -> FieldViolation) {
+        if self.listed.len() < max_listed {
+            self.listed.push(violation());
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.listed.is_empty() && self.unlisted == 0
+    }
+}
+
 impl Service {
     /// Checks request parameters against the catalog schema: required inputs present,
     /// unknown parameters rejected, values validated by kind, one-of groups given exactly
-    /// once. Returns every violation, not only the first.
+    /// once. Returns every violation, not only the first. Values are checked in their
+    /// canonical form (see [`Service::canonicalize_params`]).
     pub fn validate_params(
         &self,
         params: &BTreeMap<String, String>,
     ) -> Result<(), Vec<FieldViolation>> {
-        let mut out = Vec::new();
-        for (name, value) in params {
+        let mut canonical = params.clone();
+        self.canonicalize_params(&mut canonical, usize::MAX)
+            .map_err(|v| v.listed)
+    }
+
+    /// Replaces each parameter value by its canonical form for its input kind (Persian and
+    /// Arabic-Indic digits become ASCII; an invisible character is a violation saying so),
+    /// then checks the parameters as [`Service::validate_params`] does. At most
+    /// `max_listed` violations are described; the others are only counted.
+    pub fn canonicalize_params(
+        &self,
+        params: &mut BTreeMap<String, String>,
+        max_listed: usize,
+    ) -> Result<(), ParamViolations> {
+        let mut out = ParamViolations::default();
+        for (name, value) in params.iter_mut() {
             match self.inputs.iter().find(|i| &i.name == name) {
-                None => out.push(FieldViolation {
+                None => out.push(max_listed, || FieldViolation {
                     field: name.clone(),
                     description: format!(
                         "service {} has no input `{name}` (inputs: {})",
@@ -190,8 +243,16 @@ impl Service {
                     ),
                 }),
                 Some(spec) => {
-                    if let Err(e) = spec.kind.validate(value) {
-                        out.push(FieldViolation {
+                    let checked = match spec.kind.canonical(value) {
+                        Ok(Cow::Borrowed(_)) => spec.kind.validate(value),
+                        Ok(Cow::Owned(canonical)) => {
+                            *value = canonical;
+                            spec.kind.validate(value)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = checked {
+                        out.push(max_listed, || FieldViolation {
                             field: name.clone(),
                             description: e,
                         });
@@ -201,7 +262,7 @@ impl Service {
         }
         for spec in self.inputs.iter().filter(|i| i.required) {
             if !params.contains_key(&spec.name) {
-                out.push(FieldViolation {
+                out.push(max_listed, || FieldViolation {
                     field: spec.name.clone(),
                     description: format!("`{}` is required by service {}", spec.name, self.id),
                 });
@@ -211,7 +272,7 @@ impl Service {
             let given = group.iter().filter(|g| params.contains_key(*g)).count();
             if given != 1 {
                 let names = group.join(" or ");
-                out.push(FieldViolation {
+                out.push(max_listed, || FieldViolation {
                     field: group.join("|"),
                     description: if given == 0 {
                         format!("give one of {names}")
@@ -378,5 +439,37 @@ mod tests {
             "legal-entity national id check digit is wrong (expected 6)"
         );
         assert!(v[1].description.contains("has no input `mobile`"));
+    }
+
+    /// Persian and Arabic-Indic digits are replaced by ASCII ones before validation, and an
+    /// invisible character is refused with a sentence saying so.
+    #[test]
+    fn params_are_canonicalized_before_validation() {
+        let s = tax();
+        let mut p = params(&[("national_code", "۲۴۲۹۱۶۳۵۵۱")]);
+        assert_eq!(s.canonicalize_params(&mut p, 20), Ok(()));
+        assert_eq!(p["national_code"], "2429163551");
+        let mut p = params(&[("legal_entity_id", "١٠١٠٠٠٠٠٠٠٦")]);
+        assert_eq!(s.canonicalize_params(&mut p, 20), Ok(()));
+        assert_eq!(p["legal_entity_id"], "10100000006");
+        let mut p = params(&[("national_code", "2429\u{200C}163551")]);
+        let v = s.canonicalize_params(&mut p, 20).unwrap_err();
+        assert_eq!(v.listed[0].field, "national_code");
+        assert!(v.listed[0]
+            .description
+            .contains("invisible character U+200C"));
+    }
+
+    /// Beyond `max_listed`, violations are counted, not described.
+    #[test]
+    fn violations_beyond_the_limit_are_counted() {
+        let s = tax();
+        let mut p: BTreeMap<String, String> = (0..10_000)
+            .map(|i| (format!("p{i}"), "x".to_owned()))
+            .collect();
+        let v = s.canonicalize_params(&mut p, 20).unwrap_err();
+        assert_eq!(v.listed.len(), 20);
+        // 10,000 unknown parameters and the missing one-of group.
+        assert_eq!(v.unlisted, 10_000 + 1 - 20);
     }
 }

@@ -25,7 +25,30 @@ impl Violation {
             description: description.into(),
         }
     }
+
+    /// The one violation standing for `n` more that are not described.
+    pub fn more(n: usize) -> Self {
+        Self::new(
+            MORE_FIELD,
+            format!("{n} more violations not listed; fix the ones listed and call again"),
+        )
+    }
 }
+
+/// Most violations described in one status (or one error message); any more are counted
+/// in one [`Violation::more`].
+pub const MAX_VIOLATIONS: usize = 20;
+/// Cap on a status as sent: the percent-encoded `grpc-message` plus the base64
+/// `grpc-status-details-bin`, well under the 8 KiB header limit of common gRPC clients.
+pub const MAX_STATUS_BYTES: usize = 4096;
+/// Longest message as sent (percent-encoded); the details carry a copy of it.
+const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest field name kept in a violation (field names can be caller-chosen).
+const MAX_VIOLATION_FIELD: usize = 96;
+/// Longest violation description kept.
+const MAX_VIOLATION_DESCRIPTION: usize = 320;
+/// The field of [`Violation::more`].
+const MORE_FIELD: &str = "…";
 
 /// Why an inquiry (or a publish) did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +90,122 @@ pub enum HubError {
     Internal(String),
 }
 
+/// The first few violations as one line; the details list them all (up to the cap).
 fn summarize(v: &[Violation]) -> String {
-    v.iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    const IN_MESSAGE: usize = 1;
+    let mut s = String::new();
+    for v in v.iter().take(IN_MESSAGE) {
+        if !s.is_empty() {
+            s.push_str("; ");
+        }
+        s.push_str(&clip(&v.field, MAX_VIOLATION_FIELD));
+        s.push_str(": ");
+        s.push_str(&clip(&v.description, MAX_VIOLATION_DESCRIPTION));
+    }
+    if v.len() > IN_MESSAGE {
+        s.push_str(&format!(
+            " (and {} more in the details)",
+            v.len() - IN_MESSAGE
+        ));
+    }
+    s
+}
+
+/// The first `listed` violations, clipped, plus one counting the rest.
+fn listed_violations(v: &[Violation], listed: usize) -> Vec<FieldViolation> {
+    let listed = listed.min(v.len());
+    let mut out: Vec<FieldViolation> = v[..listed]
+        .iter()
+        .map(|v| {
+            FieldViolation::new(
+                clip(&v.field, MAX_VIOLATION_FIELD),
+                clip(&v.description, MAX_VIOLATION_DESCRIPTION),
+            )
+        })
+        .collect();
+    if listed < v.len() {
+        let more = Violation::more(v.len() - listed);
+        out.push(FieldViolation::new(more.field, more.description));
+    }
+    out
+}
+
+/// A BadRequest status listing as many of `v` as fit in [`MAX_STATUS_BYTES`] (at most
+/// [`MAX_VIOLATIONS`]; a list one longer is kept whole), the rest counted.
+fn bad_request(code: Code, message: &str, v: &[Violation]) -> Status {
+    let mut listed = if v.len() > MAX_VIOLATIONS + 1 {
+        MAX_VIOLATIONS
+    } else {
+        v.len()
+    };
+    loop {
+        let status = Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_bad_request(listed_violations(v, listed)),
+        );
+        if listed == 0 || status_wire_len(&status) <= MAX_STATUS_BYTES {
+            return status;
+        }
+        listed -= 1;
+    }
+}
+
+/// Bytes `message` takes as a percent-encoded `grpc-message` header.
+fn encoded_message_len(message: &str) -> usize {
+    message
+        .bytes()
+        .map(|b| match b {
+            b' ' | b'"' | b'#' | b'%' | b'<' | b'>' | b'`' | b'?' | b'{' | b'}' => 3,
+            0x21..=0x7e => 1,
+            _ => 3,
+        })
+        .sum()
+}
+
+/// Bytes a status takes in its trailers (message and details, as encoded on the wire).
+pub fn status_wire_len(status: &Status) -> usize {
+    encoded_message_len(status.message()) + status.details().len().div_ceil(3) * 4
+}
+
+/// The longest prefix of `message` (cut on a character boundary, marked with `…`) whose
+/// encoded form fits in `budget` bytes.
+fn fit_message(message: &str, budget: usize) -> String {
+    if encoded_message_len(message) <= budget {
+        return message.to_owned();
+    }
+    let budget = budget.saturating_sub(encoded_message_len("…"));
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in message.char_indices() {
+        let mut buf = [0u8; 4];
+        let n = encoded_message_len(c.encode_utf8(&mut buf));
+        if used + n > budget {
+            break;
+        }
+        used += n;
+        end = i + c.len_utf8();
+    }
+    format!("{}…", &message[..end])
+}
+
+/// `status` cut to [`MAX_STATUS_BYTES`] on the wire: the message is shortened first; details
+/// that alone would not fit are dropped (the message still says what is wrong).
+pub fn bound_status(status: Status) -> Status {
+    if status_wire_len(&status) <= MAX_STATUS_BYTES {
+        return status;
+    }
+    let details_len = status.details().len().div_ceil(3) * 4;
+    // Keep room for at least a sentence of message.
+    if details_len + 512 <= MAX_STATUS_BYTES {
+        let message = fit_message(status.message(), MAX_STATUS_BYTES - details_len);
+        Status::with_details(status.code(), message, status.details().to_vec().into())
+    } else {
+        Status::new(
+            status.code(),
+            fit_message(status.message(), MAX_STATUS_BYTES),
+        )
+    }
 }
 
 impl HubError {
@@ -186,37 +320,90 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
 const MAX_AUDIT_DETAIL: usize = 512;
 
 impl From<HubError> for Status {
+    /// Every status the hub sends is bounded here: at most [`MAX_VIOLATIONS`] violations
+    /// and [`MAX_STATUS_BYTES`] on the wire, whichever service produced the error.
     fn from(e: HubError) -> Status {
-        let code = e.code();
-        let message = e.to_string();
-        match &e {
-            HubError::Invalid(violations) => {
-                let fv = violations
-                    .iter()
-                    .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
-                    .collect::<Vec<_>>();
-                Status::with_error_details(code, message, ErrorDetails::with_bad_request(fv))
-            }
-            HubError::RateLimited { retry_after, .. }
-            | HubError::Maintenance { retry_after, .. } => Status::with_error_details(
+        bound_status(to_status(e))
+    }
+}
+
+fn to_status(e: HubError) -> Status {
+    let code = e.code();
+    // The details repeat the message (google.rpc.Status), so it is bounded first.
+    let message = fit_message(&e.to_string(), MAX_MESSAGE_BYTES);
+    match &e {
+        HubError::Invalid(violations) => bad_request(code, &message, violations),
+        HubError::RateLimited { retry_after, .. } | HubError::Maintenance { retry_after, .. } => {
+            Status::with_error_details(
                 code,
                 message,
                 ErrorDetails::with_retry_info(Some(*retry_after)),
-            ),
-            HubError::Denied(_) | HubError::NotAllowed { .. } => Status::with_error_details(
-                code,
-                message,
-                ErrorDetails::with_error_info(
-                    "GRANT_MISSING",
-                    DOMAIN,
-                    std::collections::HashMap::<String, String>::new(),
-                ),
-            ),
-            HubError::Internal(_) => {
-                tracing::error!(message = "internal error", error = %e);
-                Status::new(code, "internal error; the hub operators have been notified")
-            }
-            _ => Status::new(code, message),
+            )
         }
+        HubError::Denied(_) | HubError::NotAllowed { .. } => Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(
+                "GRANT_MISSING",
+                DOMAIN,
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        ),
+        HubError::Internal(_) => {
+            tracing::error!(message = "internal error", error = %e);
+            Status::new(code, "internal error; the hub operators have been notified")
+        }
+        _ => Status::new(code, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    /// Ten thousand violations give MAX_VIOLATIONS of them plus one counting the rest, in a
+    /// status under MAX_STATUS_BYTES on the wire.
+    #[test]
+    fn many_violations_are_bounded() {
+        let v: Vec<_> = (0..10_000)
+            .map(|i| Violation::new(format!("params.x{i}{}", "y".repeat(200)), "z".repeat(2000)))
+            .collect();
+        let status = Status::from(HubError::Invalid(v));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status_wire_len(&status) <= MAX_STATUS_BYTES,
+            "{}",
+            status_wire_len(&status)
+        );
+        let bad = status.get_details_bad_request().expect("details kept");
+        assert!(bad.field_violations.len() <= MAX_VIOLATIONS + 1);
+        let last = bad.field_violations.last().unwrap();
+        assert!(last.description.contains("more violations"), "{last:?}");
+    }
+
+    /// A long non-ASCII message (percent-encoded three bytes per byte) is cut to the cap
+    /// on a character boundary.
+    #[test]
+    fn long_persian_message_is_cut() {
+        let note = "به‌روزرسانی ".repeat(500);
+        let status = Status::from(HubError::Maintenance {
+            provider: "nocr".into(),
+            service: "nocr.identity".into(),
+            until: "1405/09/01 04:00".into(),
+            note,
+            retry_after: Duration::from_secs(1),
+        });
+        assert!(status_wire_len(&status) <= MAX_STATUS_BYTES);
+        assert!(status.message().ends_with('…'));
+        assert!(status.get_details_retry_info().is_some());
+    }
+
+    /// Small statuses pass unchanged.
+    #[test]
+    fn small_status_unchanged() {
+        let s = Status::from(HubError::UnknownService("x".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("`x`"));
     }
 }

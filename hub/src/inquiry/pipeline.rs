@@ -1,20 +1,25 @@
-//! The inquiry pipeline every call goes through, typed or generic:
-//! validate → decide (grant, purpose, fields; a typed method's key output) → planned
-//! maintenance → limit → call adapter → drop ungranted fields → audit (always, also when
-//! the caller goes away mid-call).
+//! The inquiry pipeline every call goes through, typed or generic: the hub's shared state
+//! and [`Hub::inquire`], the one place where the layers of [`crate::inquiry::layers`] are
+//! composed (authenticate → audit guard → validate → authorize → maintenance → limit →
+//! provider call → minimize).
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tabadol_adapters::{Provider, ProviderRequest, Record};
-use tabadol_policy::{ids, Decision, DecisionRequest, Policy};
+use tabadol_policy::Policy;
 
-use crate::edge::error::{clip, HubError, Violation};
-use crate::inquiry::audit::{Audit, AuditRecord};
+use crate::edge::error::HubError;
+use crate::inquiry::audit::Audit;
+use crate::inquiry::layers::{
+    authorize, call,
+    guard::{AuditGuard, InFlight},
+    limit::Limits,
+    maintenance::Schedule,
+    minimize, validate,
+};
 
 /// A grant's approval reference as one line, e.g.
 /// "interoperability-working-group, session 26 (1400/08/18), access resolution, item 3".
@@ -57,54 +62,6 @@ pub const MAX_SERVICE_LEN: usize = 128;
 pub const MAX_FIELDS: usize = 64;
 /// Longest output field name accepted.
 pub const MAX_FIELD_LEN: usize = 64;
-/// Longest tracking code kept in an audit record (longer ones are refused anyway).
-const MAX_TRACKING_LEN: usize = 64;
-
-/// Counts one running inquiry for [`Hub::drained`].
-struct InFlight<'a>(&'a Hub);
-
-impl<'a> InFlight<'a> {
-    fn enter(hub: &'a Hub) -> Self {
-        hub.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Self(hub)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self
-            .0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// Holds an inquiry's audit record until it is handed to the audit writer; if the inquiry
-/// is dropped before that (the caller cancelled), the record is written as `cancelled`.
-struct AuditGuard<'a> {
-    audit: &'a Audit,
-    started: Instant,
-    record: Option<AuditRecord>,
-}
-
-impl Drop for AuditGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(mut rec) = self.record.take() {
-            rec.outcome = "cancelled".to_owned();
-            rec.detail =
-                "the caller went away (cancelled, or its deadline passed) before the answer"
-                    .to_owned();
-            rec.latency_micros = self.started.elapsed().as_micros() as u64;
-            self.audit.append_detached(rec);
-        }
-    }
-}
-
 /// What the pipeline answers.
 #[derive(Debug, Clone)]
 pub struct InquiryOutput {
@@ -116,64 +73,21 @@ pub struct InquiryOutput {
     pub fields: Vec<String>,
 }
 
-/// The compiled policy plus the rate limiters that belong to it; swapped as one.
+/// The compiled policy plus what is built from it (rate limiters, maintenance windows as
+/// instants); swapped as one.
 pub struct PolicyState {
     pub policy: Policy,
-    grant_limits: HashMap<(String, String), DefaultDirectRateLimiter>,
-    agency_limits: HashMap<String, DefaultDirectRateLimiter>,
-}
-
-fn limiter(per_second: u32, burst: u32) -> Option<DefaultDirectRateLimiter> {
-    let rate = NonZeroU32::new(per_second)?;
-    let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-    Some(RateLimiter::direct(
-        Quota::per_second(rate).allow_burst(burst),
-    ))
+    limits: Limits,
+    maintenance: Schedule,
 }
 
 impl PolicyState {
     pub fn new(policy: Policy) -> Self {
-        let mut grant_limits = HashMap::new();
-        let mut agency_limits = HashMap::new();
-        for agency in policy.agencies() {
-            if let Some(rate) = &agency.rate {
-                if let Some(l) = limiter(rate.per_second, rate.burst) {
-                    agency_limits.insert(agency.id.clone(), l);
-                }
-            }
-            for (service, grant) in policy.grants_for(&agency.id) {
-                if let Some(rate) = &grant.rate {
-                    if let Some(l) = limiter(rate.per_second, rate.burst) {
-                        grant_limits.insert((agency.id.clone(), service.id.clone()), l);
-                    }
-                }
-            }
-        }
         Self {
+            limits: Limits::new(&policy),
+            maintenance: Schedule::new(&policy),
             policy,
-            grant_limits,
-            agency_limits,
         }
-    }
-
-    fn check_rate(&self, agency: &str, service: &str) -> Result<(), HubError> {
-        let key = (agency.to_owned(), service.to_owned());
-        for l in [self.agency_limits.get(agency), self.grant_limits.get(&key)]
-            .into_iter()
-            .flatten()
-        {
-            if let Err(not_until) = l.check() {
-                let retry_after = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                return Err(HubError::RateLimited {
-                    agency: agency.to_owned(),
-                    service: service.to_owned(),
-                    retry_after,
-                });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -194,10 +108,6 @@ pub struct Hub {
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
 }
-
-/// Margin kept back from the caller's deadline so the hub answers DEADLINE_EXCEEDED
-/// itself (naming the provider) before the transport cuts the call off.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(25);
 
 impl Hub {
     pub fn new(
@@ -299,210 +209,65 @@ impl Hub {
     /// Runs one inquiry through the whole pipeline and audits it, whatever the outcome —
     /// also when the caller goes away (cancels, or its deadline passes in the transport)
     /// while the call is in flight: the record is then written as `cancelled`.
+    ///
+    /// This is the one place where the layers are composed; their order matters where a
+    /// comment says so.
     pub async fn inquire(
         &self,
         caller: &Caller,
-        input: InquiryInput,
+        mut input: InquiryInput,
         deadline: Option<Instant>,
     ) -> Result<InquiryOutput, HubError> {
-        // Declared before the audit guard, so it ends after the record is handed over.
-        let _flight = InFlight::enter(self);
-        let mut guard = AuditGuard {
-            audit: &self.audit,
-            started: Instant::now(),
-            record: Some(AuditRecord {
-                seq: 0,
-                time_micros: jiff::Timestamp::now().as_microsecond(),
-                inquiry_id: uuid::Uuid::now_v7().to_string(),
-                agency: caller.agency.clone(),
-                service: clip(&input.service, MAX_SERVICE_LEN),
-                purpose: clip(&input.purpose, MAX_PURPOSE_LEN),
-                tracking_code: clip(&input.tracking_code, MAX_TRACKING_LEN),
-                service_request_id: clip(&input.service_request_id, MAX_SERVICE_REQUEST_ID_LEN),
-                outcome: String::new(),
-                latency_micros: 0,
-                detail: String::new(),
-                prev_hash: String::new(),
-                hash: String::new(),
-            }),
-        };
-        let inquiry_id = guard
-            .record
-            .as_ref()
-            .map(|r| r.inquiry_id.clone())
-            .unwrap_or_default();
-        let result = self.run(caller, &input, deadline, &inquiry_id).await;
-        if let Some(rec) = guard.record.as_mut() {
-            let (outcome, detail) = match &result {
-                Ok(_) => ("ok", String::new()),
-                Err(e) => (e.outcome(), e.audit_detail()),
+        // 1. Authenticate: done before — a `Caller` exists only for a verified certificate
+        //    that maps to an agency (`Hub::caller_for`).
+        // Counted before the guard opens, so shutdown waits until the record is handed over.
+        let _flight = InFlight::enter(&self.in_flight, &self.idle);
+        // 2. Audit guard: opened before anything can fail, so every outcome is audited.
+        let mut guard = AuditGuard::open(&self.audit, caller, &input);
+        // Steps 3–6 read the policy in force now; it is not held across the provider call
+        // (a reload may swap it meanwhile).
+        let admitted = (|| {
+            let state = self.policy.load();
+            // 3. Validate, in canonical form: what is validated is what is audited and sent.
+            let service = validate::validate(&state.policy, &mut input)?;
+            guard.set_tracking_code(&input.tracking_code);
+            let at = jiff::Timestamp::now();
+            // 4. Authorize before maintenance and limits: an agency without a grant learns
+            //    nothing about a provider's schedule and spends no quota.
+            let granted = authorize::authorize(&state.policy, caller, &input, at)?;
+            // 5. Maintenance before the limit: a call refused for an announced outage does
+            //    not spend the caller's budget.
+            state.maintenance.check(service, at)?;
+            // 6. Limit.
+            state.limits.check(&caller.agency, &input.service)?;
+            let provider_id = service.provider.clone();
+            let provider = self
+                .providers
+                .get(&provider_id)
+                .cloned()
+                .ok_or_else(|| HubError::NoAdapter(provider_id.clone()))?;
+            let request = ProviderRequest {
+                operation: service.operation.clone(),
+                params: std::mem::take(&mut input.params),
+                tracking_code: std::mem::take(&mut input.tracking_code),
+                timeout: call::budget(deadline, self.default_deadline, Instant::now()),
             };
-            rec.outcome = outcome.to_owned();
-            rec.detail = detail;
-            rec.latency_micros = guard.started.elapsed().as_micros() as u64;
-        }
-        if let Err(e) = self.audit.append_from(&mut guard.record).await {
-            // No unaudited answer leaves the hub.
-            return Err(HubError::Internal(format!("audit write failed: {e}")));
-        }
-        result
-    }
-
-    async fn run(
-        &self,
-        caller: &Caller,
-        input: &InquiryInput,
-        deadline: Option<Instant>,
-        inquiry_id: &str,
-    ) -> Result<InquiryOutput, HubError> {
-        // 1. Validate the context.
-        let mut violations = Vec::new();
-        if let Err(e) = ids::validate_tracking_code(&input.tracking_code) {
-            violations.push(Violation::new("context.tracking_code", e.to_string()));
-        }
-        if input.purpose.trim().is_empty() {
-            violations.push(Violation::new(
-                "context.purpose",
-                "purpose is required: say why the data is needed (one of your grant's purposes)",
-            ));
-        } else if input.purpose.len() > MAX_PURPOSE_LEN {
-            violations.push(Violation::new(
-                "context.purpose",
-                format!("purpose is longer than {MAX_PURPOSE_LEN} bytes; give one of your grant's purposes"),
-            ));
-        }
-        if input.service_request_id.len() > MAX_SERVICE_REQUEST_ID_LEN {
-            violations.push(Violation::new(
-                "context.service_request_id",
-                format!("service_request_id is longer than {MAX_SERVICE_REQUEST_ID_LEN} bytes"),
-            ));
-        }
-        if input.fields.len() > MAX_FIELDS || input.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
-            violations.push(Violation::new(
-                "fields",
-                format!(
-                    "give at most {MAX_FIELDS} field names of at most {MAX_FIELD_LEN} bytes each \
-                     (ListServices lists your granted fields)"
-                ),
-            ));
-        }
-        if input.service.len() > MAX_SERVICE_LEN {
-            violations.push(Violation::new(
-                "service",
-                format!("service id is longer than {MAX_SERVICE_LEN} bytes; call Inquiry/ListServices for the ids you may call"),
-            ));
-            return Err(HubError::Invalid(violations));
-        }
-        let state = self.policy.load();
-        let policy = &state.policy;
-        let service = policy
-            .service(&input.service)
-            .ok_or_else(|| HubError::UnknownService(input.service.clone()))?;
-        // 2. Validate the inputs against the catalog.
-        if let Err(v) = service.validate_params(&input.params) {
-            violations.extend(
-                v.into_iter()
-                    .map(|v| Violation::new(format!("params.{}", v.field), v.description)),
-            );
-        }
-        if !violations.is_empty() {
-            return Err(HubError::Invalid(violations));
-        }
-        // 3. Decide.
-        let at = jiff::Timestamp::now();
-        let fields = match policy.decide(&DecisionRequest {
-            agency: &caller.agency,
-            service: &input.service,
-            purpose: &input.purpose,
-            at,
-            requested_fields: &input.fields,
-        }) {
-            Decision::Allow { fields, .. } => fields,
-            Decision::Deny(deny) => return Err(HubError::Denied(deny)),
+            Ok::<_, HubError>((provider, provider_id, request, granted))
+        })();
+        let (provider, provider_id, request, granted) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => return guard.finish(Err(e)).await,
         };
-        // A typed method whose answer is one of the outputs (MatchMobile's `matched`,
-        // GetLifeStatus's `alive`) cannot answer without it: a missing field must not read
-        // as "false".
-        if let Some(missing) = input
-            .required_fields
-            .iter()
-            .find(|f| !fields.iter().any(|g| g == *f))
-        {
-            return Err(HubError::NotAllowed {
-                agency: caller.agency.clone(),
-                action: format!(
-                    "receive the field `{missing}` of service {}, which this method answers with; \
-                     its grant does not list it",
-                    input.service
-                ),
-            });
-        }
-        // A planned outage announced in the catalog (R14): say so, and when to come back,
-        // instead of letting the call fail against a provider that is down on purpose.
-        if let Some(window) = service.maintenance_at(at) {
-            let until = window.until.to_timestamp();
-            return Err(HubError::Maintenance {
-                provider: service.provider.clone(),
-                service: service.id.clone(),
-                until: window.until.to_string(),
-                note: window.note.clone().unwrap_or_default(),
-                retry_after: until
-                    .duration_since(at)
-                    .try_into()
-                    .unwrap_or(Duration::ZERO),
-            });
-        }
-        // 4. Limit.
-        state.check_rate(&caller.agency, &input.service)?;
-        // 5. Call the provider under the caller's deadline.
-        let provider_id = service.provider.clone();
-        let provider = self
-            .providers
-            .get(&provider_id)
-            .ok_or_else(|| HubError::NoAdapter(provider_id.clone()))?
-            .clone();
-        let operation = service.operation.clone();
-        drop(state);
-        let now = Instant::now();
-        let deadline = deadline.unwrap_or(now + self.default_deadline);
-        let budget = deadline
-            .saturating_duration_since(now)
-            .saturating_sub(DEADLINE_MARGIN);
-        if budget.is_zero() {
-            return Err(HubError::DeadlineExceeded {
+        // 7. Provider call under the caller's deadline (the adapter holds the breaker).
+        let result = call::call(provider.as_ref(), &provider_id, request)
+            .await
+            // 8. Minimize: only granted fields leave the hub.
+            .map(|response| InquiryOutput {
+                inquiry_id: guard.inquiry_id().to_owned(),
                 provider: provider_id,
-                budget,
+                records: minimize::minimize(response.records, &granted),
+                fields: granted,
             });
-        }
-        let request = ProviderRequest {
-            operation,
-            params: input.params.clone(),
-            tracking_code: input.tracking_code.clone(),
-            timeout: budget,
-        };
-        let response = match tokio::time::timeout(budget, provider.call(request)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(HubError::DeadlineExceeded {
-                    provider: provider_id,
-                    budget,
-                })
-            }
-        };
-        // 6. Minimize: only granted fields leave the hub.
-        let records = response
-            .records
-            .into_iter()
-            .map(|mut r| {
-                r.retain(|k, _| fields.iter().any(|f| f == k));
-                r
-            })
-            .collect();
-        Ok(InquiryOutput {
-            inquiry_id: inquiry_id.to_owned(),
-            provider: provider_id,
-            records,
-            fields,
-        })
+        guard.finish(result).await
     }
 }

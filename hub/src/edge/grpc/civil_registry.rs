@@ -8,7 +8,7 @@ use tabadol_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::inquiry::pipeline::Hub;
+use crate::inquiry::pipeline::{Hub, InquiryInput};
 
 /// Catalog id of the identity service.
 pub const IDENTITY: &str = "nocr.identity";
@@ -16,6 +16,37 @@ pub const IDENTITY: &str = "nocr.identity";
 pub const LIFE_STATUS: &str = "nocr.life-status";
 
 pub struct CivilRegistryService(pub Arc<Hub>);
+
+/// The pipeline input of a GetIdentity call.
+pub fn identity_input(req: GetIdentityRequest) -> InquiryInput {
+    let GetIdentityRequest {
+        context,
+        national_code,
+        fields,
+    } = req;
+    super::input(
+        context,
+        IDENTITY,
+        [("national_code", national_code)],
+        fields,
+        &[],
+    )
+}
+
+/// The pipeline input of a GetLifeStatus call.
+pub fn life_status_input(req: GetLifeStatusRequest) -> InquiryInput {
+    let GetLifeStatusRequest {
+        context,
+        national_code,
+    } = req;
+    super::input(
+        context,
+        LIFE_STATUS,
+        [("national_code", national_code)],
+        Vec::new(),
+        &["alive"],
+    )
+}
 
 #[tonic::async_trait]
 impl CivilRegistry for CivilRegistryService {
@@ -25,18 +56,7 @@ impl CivilRegistry for CivilRegistryService {
     ) -> Result<Response<GetIdentityResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
         let deadline = super::deadline(&req);
-        let GetIdentityRequest {
-            context,
-            national_code,
-            fields,
-        } = req.into_inner();
-        let input = super::input(
-            context,
-            IDENTITY,
-            [("national_code", national_code)],
-            fields,
-            &[],
-        );
+        let input = identity_input(req.into_inner());
         let out = self.0.inquire(&caller, input, deadline).await?;
         let mut r = out.records.into_iter().next().unwrap_or_default();
         let mut take = |k: &str| r.remove(k).unwrap_or_default();
@@ -60,17 +80,7 @@ impl CivilRegistry for CivilRegistryService {
     ) -> Result<Response<GetLifeStatusResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
         let deadline = super::deadline(&req);
-        let GetLifeStatusRequest {
-            context,
-            national_code,
-        } = req.into_inner();
-        let input = super::input(
-            context,
-            LIFE_STATUS,
-            [("national_code", national_code)],
-            Vec::new(),
-            &["alive"],
-        );
+        let input = life_status_input(req.into_inner());
         let out = self.0.inquire(&caller, input, deadline).await?;
         let r = out.records.into_iter().next().unwrap_or_default();
         Ok(Response::new(GetLifeStatusResponse {

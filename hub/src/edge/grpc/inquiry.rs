@@ -20,7 +20,9 @@ pub const MAX_FAN_OUT: usize = 32;
 
 pub struct InquiryService(pub Arc<Hub>);
 
-fn to_input(req: InquireRequest) -> InquiryInput {
+/// The pipeline input of one generic inquiry (its parameters are canonicalized by input
+/// kind when validated).
+pub fn to_input(req: InquireRequest) -> InquiryInput {
     let InquireRequest {
         context,
         service,
@@ -64,6 +66,33 @@ async fn one(
         .map(to_response)
 }
 
+/// The items of an InquireMany call, between 1 and [`MAX_FAN_OUT`] of them.
+pub fn many_items(req: InquireManyRequest) -> Result<Vec<InquireRequest>, HubError> {
+    let InquireManyRequest { items } = req;
+    if items.is_empty() || items.len() > MAX_FAN_OUT {
+        return Err(HubError::Invalid(vec![Violation::new(
+            "items",
+            format!(
+                "give between 1 and {MAX_FAN_OUT} items, got {}",
+                items.len()
+            ),
+        )]));
+    }
+    Ok(items)
+}
+
+/// The tracking code a Trace call asks for, in canonical form (ASCII digits), as the
+/// audit log keeps it.
+pub fn trace_tracking_code(req: TraceRequest) -> Result<String, HubError> {
+    let TraceRequest { tracking_code } = req;
+    let invalid = |e: tabadol_policy::ids::IdError| {
+        HubError::Invalid(vec![Violation::new("tracking_code", e.to_string())])
+    };
+    let canonical = tabadol_policy::ids::canonical(&tracking_code).map_err(invalid)?;
+    tabadol_policy::ids::validate_tracking_code(&canonical).map_err(invalid)?;
+    Ok(canonical.into_owned())
+}
+
 #[tonic::async_trait]
 impl Inquiry for InquiryService {
     async fn inquire(
@@ -83,17 +112,7 @@ impl Inquiry for InquiryService {
     ) -> Result<Response<InquireManyResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
         let deadline = super::deadline(&req);
-        let InquireManyRequest { items } = req.into_inner();
-        if items.is_empty() || items.len() > MAX_FAN_OUT {
-            return Err(HubError::Invalid(vec![Violation::new(
-                "items",
-                format!(
-                    "give between 1 and {MAX_FAN_OUT} items, got {}",
-                    items.len()
-                ),
-            )])
-            .into());
-        }
+        let items = many_items(req.into_inner())?;
         // Every item runs concurrently under the same deadline; one slow or failing
         // provider never holds back the others' results.
         let results = futures::future::join_all(
@@ -132,12 +151,7 @@ impl Inquiry for InquiryService {
 
     async fn trace(&self, req: Request<TraceRequest>) -> Result<Response<TraceResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
-        let TraceRequest { tracking_code } = req.into_inner();
-        if let Err(e) = tabadol_policy::ids::validate_tracking_code(&tracking_code) {
-            return Err(
-                HubError::Invalid(vec![Violation::new("tracking_code", e.to_string())]).into(),
-            );
-        }
+        let tracking_code = trace_tracking_code(req.into_inner())?;
         // Only the caller's own records are read: another agency's trail is invisible.
         let records = self
             .0

@@ -91,3 +91,6 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10q"), None);
     }
 }
+
+#[cfg(test)]
+mod proptests;

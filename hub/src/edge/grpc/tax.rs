@@ -7,12 +7,29 @@ use tabadol_proto::v1::tax_server::Tax;
 use tabadol_proto::v1::{GetTaxpayerRequest, GetTaxpayerResponse};
 use tonic::{Request, Response, Status};
 
-use crate::inquiry::pipeline::Hub;
+use crate::inquiry::pipeline::{Hub, InquiryInput};
 
 /// Catalog id of the taxpayer service.
 pub const SERVICE: &str = "inta.taxpayer";
 
 pub struct TaxService(pub Arc<Hub>);
+
+/// The pipeline input of a GetTaxpayer call.
+pub fn to_input(req: GetTaxpayerRequest) -> InquiryInput {
+    let GetTaxpayerRequest { context, subject } = req;
+    let (nc, le) = match subject {
+        Some(Subject::NationalCode(nc)) => (nc, String::new()),
+        Some(Subject::LegalEntityId(le)) => (String::new(), le),
+        None => (String::new(), String::new()),
+    };
+    super::input(
+        context,
+        SERVICE,
+        [("national_code", nc), ("legal_entity_id", le)],
+        Vec::new(),
+        &[],
+    )
+}
 
 #[tonic::async_trait]
 impl Tax for TaxService {
@@ -22,19 +39,7 @@ impl Tax for TaxService {
     ) -> Result<Response<GetTaxpayerResponse>, Status> {
         let caller = super::caller(&self.0, &req)?;
         let deadline = super::deadline(&req);
-        let GetTaxpayerRequest { context, subject } = req.into_inner();
-        let (nc, le) = match subject {
-            Some(Subject::NationalCode(nc)) => (nc, String::new()),
-            Some(Subject::LegalEntityId(le)) => (String::new(), le),
-            None => (String::new(), String::new()),
-        };
-        let input = super::input(
-            context,
-            SERVICE,
-            [("national_code", nc), ("legal_entity_id", le)],
-            Vec::new(),
-            &[],
-        );
+        let input = to_input(req.into_inner());
         let out = self.0.inquire(&caller, input, deadline).await?;
         let mut r = out.records.into_iter().next().unwrap_or_default();
         let mut take = |k: &str| r.remove(k).unwrap_or_default();
