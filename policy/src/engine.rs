@@ -1,7 +1,7 @@
 //! The compiled policy and the access decision for one inquiry: deny by default, allow only
 //! what a grant lists, for its purposes, inside its validity window (R1, R8).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -160,10 +160,11 @@ impl Policy {
             let Some(&si) = service_by_id.get(&g.service) else {
                 continue; // cannot happen for validated source
             };
+            let wanted: HashSet<&str> = g.fields.iter().map(String::as_str).collect();
             let fields = services[si]
                 .outputs
                 .iter()
-                .filter(|o| g.fields.contains(o))
+                .filter(|o| wanted.contains(o.as_str()))
                 .cloned()
                 .collect();
             // Loaded dates (years 1..=3000) convert exactly; a hand-built date past jiff's

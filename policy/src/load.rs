@@ -1,14 +1,21 @@
 //! Loading the policy directory: reads the four YAML files, deserializes every item on its
 //! own, checks cross-references, and reports every problem at once as
 //! `file:line:column: message`, pointing at the offending node.
+//!
+//! What the loader accepts is bounded before and while parsing, so that no file — however
+//! large, deep or broken — can exhaust the stack, the memory or the log of the hub that
+//! reloads it: [`MAX_FILE_BYTES`] per file, [`MAX_DEPTH`] levels of nesting,
+//! [`MAX_ID_CHARS`] per id, and [`MAX_ERRORS`] errors reported in full (the rest are
+//! counted). Every check is linear in the size of the files.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{Agency, Approval, Grant, Rate, Service, Subscription};
+use crate::model::{Agency, Approval, Grant, InputSpec, Rate, Service, Subscription};
 use crate::yaml::{self, Node, Step};
 
 /// File names inside a policy directory.
@@ -19,6 +26,23 @@ pub const SERVICES_FILE: &str = "services.yaml";
 pub const GRANTS_FILE: &str = "grants.yaml";
 /// Event subscriptions (optional file).
 pub const SUBSCRIPTIONS_FILE: &str = "subscriptions.yaml";
+
+/// Largest policy file the loader reads: 4 MiB, several hundred times the shipped files
+/// (the whole national policy is about 15 KB) and far above any real policy. A larger
+/// file is refused before it is read into memory.
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Deepest nesting of lists and mappings in a policy file; the shipped files need 5.
+pub const MAX_DEPTH: usize = 32;
+/// Longest id, in characters: agency, service, national service id, provider, operation,
+/// input, output and field names, purposes, event types and certificate common names.
+pub const MAX_ID_CHARS: usize = 128;
+/// How many errors are reported in full (the first ones by file, line and column); the
+/// others are only counted ("… and N more").
+pub const MAX_ERRORS: usize = 50;
+/// Longest error message, in characters; longer ones (quoting a huge value) are clipped.
+const MAX_MESSAGE_CHARS: usize = 600;
+/// How many names a message lists (e.g. a service's outputs) before "… and N more".
+const MAX_LISTED: usize = 20;
 
 /// One problem in a policy file, positioned at the offending node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,34 +72,67 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// Every problem found while loading a policy; never empty.
+/// Every problem found while loading a policy; never empty. At most [`MAX_ERRORS`] are
+/// kept (the first by file, line and column); the others are counted in `omitted`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
+pub struct PolicyErrors {
+    /// The errors kept, in file then line then column order.
+    pub errors: Vec<PolicyError>,
+    /// How many more were found and not kept.
+    pub omitted: usize,
+}
 
 impl PolicyErrors {
-    /// The individual errors, in file then line order.
+    /// The errors kept, in file then line order.
     pub fn iter(&self) -> std::slice::Iter<'_, PolicyError> {
-        self.0.iter()
+        self.errors.iter()
     }
 
-    /// How many problems were found.
+    /// How many problems were found, kept or not.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.errors.len() + self.omitted
     }
 
     /// Always false for errors returned by the loader.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
+    }
+
+    /// One line for a log: the first error and how many others there are.
+    pub fn summary(&self) -> String {
+        let Some(first) = self.errors.first() else {
+            return "no errors".to_owned();
+        };
+        match self.len() - 1 {
+            0 => first.to_string(),
+            n => format!("{first} (and {n} more)"),
+        }
+    }
+}
+
+impl From<PolicyError> for PolicyErrors {
+    fn from(e: PolicyError) -> Self {
+        PolicyErrors {
+            errors: vec![e],
+            omitted: 0,
+        }
     }
 }
 
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
             write!(f, "{e}")?;
+        }
+        if self.omitted > 0 {
+            write!(
+                f,
+                "\n… and {} more errors (only the first {MAX_ERRORS} are listed; fix these and check again)",
+                self.omitted
+            )?;
         }
         Ok(())
     }
@@ -87,8 +144,125 @@ impl<'a> IntoIterator for &'a PolicyErrors {
     type Item = &'a PolicyError;
     type IntoIter = std::slice::Iter<'a, PolicyError>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.errors.iter()
     }
+}
+
+/// The first [`MAX_ERRORS`] errors by (file, line, column, discovery order), and a count
+/// of the rest: memory stays bounded however many errors a file holds.
+#[derive(Default)]
+struct Collected {
+    kept: BinaryHeap<Ranked>,
+    omitted: usize,
+    found: usize,
+}
+
+/// An error with the key it is reported in order of.
+struct Ranked {
+    key: (usize, usize, usize, usize),
+    error: PolicyError,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl Collected {
+    fn push(&mut self, mut error: PolicyError) {
+        let order = [
+            AGENCIES_FILE,
+            SERVICES_FILE,
+            GRANTS_FILE,
+            SUBSCRIPTIONS_FILE,
+        ]
+        .iter()
+        .position(|n| error.file.file_name().is_some_and(|x| x == *n))
+        .unwrap_or(usize::MAX);
+        let key = (order, error.line, error.column, self.found);
+        self.found += 1;
+        if self.kept.len() == MAX_ERRORS {
+            if self.kept.peek().is_some_and(|last| last.key < key) {
+                self.omitted += 1;
+                return;
+            }
+            self.kept.pop();
+            self.omitted += 1;
+        }
+        error.message = one_line(&clip(&error.message, MAX_MESSAGE_CHARS));
+        self.kept.push(Ranked { key, error });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.found == 0
+    }
+
+    fn into_errors(self) -> PolicyErrors {
+        PolicyErrors {
+            errors: self
+                .kept
+                .into_sorted_vec()
+                .into_iter()
+                .map(|r| r.error)
+                .collect(),
+            omitted: self.omitted,
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters, ending in `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.char_indices().nth(max).is_none() {
+        return s.to_owned();
+    }
+    // More than `max` characters: keep `max - 1` and the ellipsis.
+    let cut = s
+        .char_indices()
+        .nth(max.saturating_sub(1))
+        .map_or(0, |(i, _)| i);
+    format!("{}…", &s[..cut])
+}
+
+/// `s` with control characters (a newline in a quoted key, ...) written as escapes, so
+/// that every error is one line.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Names joined by `, `, at most [`MAX_LISTED`] of them, each clipped to an id's length.
+fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let mut out: Vec<String> = names
+        .take(MAX_LISTED)
+        .map(|n| clip(n, MAX_ID_CHARS))
+        .collect();
+    if total > MAX_LISTED {
+        out.push(format!("… and {} more", total - MAX_LISTED));
+    }
+    out.join(", ")
 }
 
 /// The validated content of a policy directory, before compilation into a `Policy`.
@@ -108,15 +282,20 @@ pub struct PolicySource {
 pub fn load_dir(dir: &Path) -> Result<PolicySource, PolicyErrors> {
     let read = |name: &str, optional: bool| -> Result<Option<String>, PolicyError> {
         let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
+        match read_bounded(&path) {
             Ok(s) => Ok(Some(s)),
-            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(PolicyError {
-                file: path,
-                line: 1,
-                column: 1,
-                message: format!("cannot read the file: {e}"),
-            }),
+            Err(ReadError::Io(e)) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => {
+                let (line, column, message) = e.describe();
+                Err(PolicyError {
+                    file: path,
+                    line,
+                    column,
+                    message,
+                })
+            }
         }
     };
     let mut io_errors = Vec::new();
@@ -133,7 +312,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySource, PolicyErrors> {
         }
     }
     let [a, s, g, sub] = texts;
-    let mut result = load_sources(
+    let result = load_sources(
         dir,
         Sources {
             agencies: a.as_deref(),
@@ -142,14 +321,89 @@ pub fn load_dir(dir: &Path) -> Result<PolicySource, PolicyErrors> {
             subscriptions: sub.as_deref(),
         },
     );
-    if !io_errors.is_empty() {
-        let mut all = io_errors;
-        if let Err(PolicyErrors(more)) = result {
-            all.extend(more);
-        }
-        result = Err(PolicyErrors(all));
+    if io_errors.is_empty() {
+        return result;
     }
-    result
+    let mut all = Collected::default();
+    for e in io_errors {
+        all.push(e);
+    }
+    if let Err(more) = result {
+        for e in more.errors {
+            all.push(e);
+        }
+        all.omitted += more.omitted;
+    }
+    Err(all.into_errors())
+}
+
+/// Why a policy file could not be read.
+enum ReadError {
+    Io(std::io::Error),
+    /// Larger than [`MAX_FILE_BYTES`]; the size when known.
+    TooBig(Option<u64>),
+    /// Not UTF-8 from this byte offset on; the text before it.
+    NotUtf8 {
+        valid: String,
+    },
+}
+
+impl ReadError {
+    /// Line, column and sentence for the error.
+    fn describe(&self) -> (usize, usize, String) {
+        match self {
+            ReadError::Io(e) => (1, 1, format!("cannot read the file: {e}")),
+            ReadError::TooBig(size) => (1, 1, too_big(*size)),
+            ReadError::NotUtf8 { valid } => {
+                let line = valid.matches('\n').count() + 1;
+                let column = valid.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                (
+                    line,
+                    column,
+                    "the file is not UTF-8 text from here on; save it as UTF-8".to_owned(),
+                )
+            }
+        }
+    }
+}
+
+/// The message for a file over [`MAX_FILE_BYTES`].
+fn too_big(size: Option<u64>) -> String {
+    let size = size.map_or_else(|| "larger than that".to_owned(), |n| format!("{n} bytes"));
+    format!(
+        "the file is {size}; a policy file may be at most 4 MiB ({MAX_FILE_BYTES} bytes), far \
+         more than any real policy needs, so look for data pasted into it by mistake"
+    )
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8, never holding more than that in
+/// memory (a file that grows while it is read, or a device, is cut off and refused).
+fn read_bounded(path: &Path) -> Result<String, ReadError> {
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if meta.is_dir() {
+        return Err(ReadError::Io(std::io::Error::other(
+            "it is a directory, not a file",
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(ReadError::TooBig(Some(meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(ReadError::TooBig(None));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid_up_to = e.utf8_error().valid_up_to();
+        let mut bytes = e.into_bytes();
+        bytes.truncate(valid_up_to);
+        ReadError::NotUtf8 {
+            valid: String::from_utf8(bytes).unwrap_or_default(),
+        }
+    })
 }
 
 /// The text of the four policy files; `None` means the file is absent (an error except
@@ -188,21 +442,8 @@ pub fn load_sources(dir: &Path, src: Sources<'_>) -> Result<PolicySource, Policy
             subscriptions: subs.into_items(),
         })
     } else {
-        // Stable: keeps discovery order among errors on the same node.
-        let order = |f: &Path| {
-            [
-                AGENCIES_FILE,
-                SERVICES_FILE,
-                GRANTS_FILE,
-                SUBSCRIPTIONS_FILE,
-            ]
-            .iter()
-            .position(|n| f.file_name().is_some_and(|x| x == *n))
-        };
-        cx.errors.sort_by(|a, b| {
-            (order(&a.file), a.line, a.column).cmp(&(order(&b.file), b.line, b.column))
-        });
-        Err(PolicyErrors(cx.errors))
+        // In file, line, column order; stable among errors on the same node.
+        Err(cx.errors.into_errors())
     }
 }
 
@@ -237,7 +478,7 @@ impl<T> Loaded<T> {
 
 #[derive(Default)]
 struct Checker {
-    errors: Vec<PolicyError>,
+    errors: Collected,
 }
 
 impl Checker {
@@ -256,6 +497,50 @@ impl Checker {
         self.push(l, &path, message);
     }
 
+    /// Refuses an id longer than [`MAX_ID_CHARS`]; true when `value` is short enough.
+    fn id_ok<T>(
+        &mut self,
+        l: &Loaded<T>,
+        index: usize,
+        rest: &[Step<'_>],
+        what: &str,
+        value: &str,
+    ) -> bool {
+        if value.len() <= MAX_ID_CHARS {
+            return true;
+        }
+        let n = value.chars().count();
+        if n <= MAX_ID_CHARS {
+            return true;
+        }
+        self.at(
+            l,
+            index,
+            rest,
+            format!(
+                "{what} `{}` is {n} characters long; ids may be at most {MAX_ID_CHARS}",
+                clip(value, 40)
+            ),
+        );
+        false
+    }
+
+    /// Checks the length of every id in a list; true when all are short enough.
+    fn ids_ok<T>(
+        &mut self,
+        l: &Loaded<T>,
+        index: usize,
+        key: &str,
+        what: &str,
+        values: &[String],
+    ) -> bool {
+        let mut ok = true;
+        for (j, v) in values.iter().enumerate() {
+            ok &= self.id_ok(l, index, &[Step::Key(key), Step::Index(j)], what, v);
+        }
+        ok
+    }
+
     fn file<T: DeserializeOwned>(
         &mut self,
         dir: &Path,
@@ -272,14 +557,24 @@ impl Checker {
             broken_ids: HashSet::new(),
         };
         let Some(text) = text else { return l };
-        match yaml::parse(text) {
+        if text.len() > MAX_FILE_BYTES {
+            l.usable = false;
+            self.errors.push(PolicyError {
+                file: l.file.clone(),
+                line: 1,
+                column: 1,
+                message: too_big(Some(text.len() as u64)),
+            });
+            return l;
+        }
+        match yaml::parse(text, MAX_DEPTH) {
             Err(e) => {
                 l.usable = false;
                 self.errors.push(PolicyError {
                     file: l.file.clone(),
                     line: e.pos.line.max(1),
                     column: e.pos.column.max(1),
-                    message: format!("YAML syntax error: {}", e.message),
+                    message: e.message,
                 });
                 return l;
             }
@@ -394,6 +689,18 @@ impl Checker {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut cns: HashMap<&str, &str> = HashMap::new();
         for (i, a) in &l.items {
+            let mut ok = self.id_ok(l, *i, &[Step::Key("id")], "agency id", &a.id);
+            ok &= self.id_ok(
+                l,
+                *i,
+                &[Step::Key("certificate"), Step::Key("common_name")],
+                "certificate common_name",
+                &a.certificate.common_name,
+            );
+            ok &= self.ids_ok(l, *i, "publishes", "event type", &a.publishes);
+            if !ok {
+                continue; // the length is the problem to fix first
+            }
             let who = format!("agency {}", a.id);
             if !is_slug(&a.id) {
                 self.at(
@@ -458,10 +765,45 @@ impl Checker {
     }
 
     fn check_services(&mut self, l: &Loaded<Service>, agencies: &Loaded<Agency>) {
+        let agency_ids = agency_ids(agencies);
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut nsids: HashMap<&str, &str> = HashMap::new();
         for (i, s) in &l.items {
             let i = *i;
+            let mut ok = self.id_ok(l, i, &[Step::Key("id")], "service id", &s.id);
+            ok &= self.id_ok(
+                l,
+                i,
+                &[Step::Key("national_service_id")],
+                "national_service_id",
+                &s.national_service_id,
+            );
+            ok &= self.id_ok(l, i, &[Step::Key("provider")], "provider", &s.provider);
+            ok &= self.id_ok(l, i, &[Step::Key("operation")], "operation", &s.operation);
+            for (j, inp) in s.inputs.iter().enumerate() {
+                ok &= self.id_ok(
+                    l,
+                    i,
+                    &[Step::Key("inputs"), Step::Index(j), Step::Key("name")],
+                    "input name",
+                    &inp.name,
+                );
+            }
+            for (g, group) in s.one_of.iter().enumerate() {
+                for (j, name) in group.iter().enumerate() {
+                    ok &= self.id_ok(
+                        l,
+                        i,
+                        &[Step::Key("one_of"), Step::Index(g), Step::Index(j)],
+                        "one_of input",
+                        name,
+                    );
+                }
+            }
+            ok &= self.ids_ok(l, i, "outputs", "output", &s.outputs);
+            if !ok {
+                continue;
+            }
             let who = format!("service {}", s.id);
             if let Some(first) = ids.insert(&s.id, i) {
                 let line = l
@@ -491,7 +833,7 @@ impl Checker {
                     ),
                 );
             }
-            if agencies.usable && !has_agency(agencies, &s.provider) {
+            if agencies.usable && !has_agency(agencies, &agency_ids, &s.provider) {
                 self.at(
                     l,
                     i,
@@ -502,15 +844,17 @@ impl Checker {
                     ),
                 );
             }
-            let mut names = HashSet::new();
+            let mut names: HashMap<&str, &InputSpec> = HashMap::new();
             for (j, inp) in s.inputs.iter().enumerate() {
-                if !names.insert(inp.name.as_str()) {
+                if names.contains_key(inp.name.as_str()) {
                     self.at(
                         l,
                         i,
                         &[Step::Key("inputs"), Step::Index(j), Step::Key("name")],
                         format!("{who}: input `{}` is listed twice", inp.name),
                     );
+                } else {
+                    names.insert(&inp.name, inp);
                 }
             }
             for (g, group) in s.one_of.iter().enumerate() {
@@ -524,10 +868,10 @@ impl Checker {
                 }
                 for (j, name) in group.iter().enumerate() {
                     let path = [Step::Key("one_of"), Step::Index(g), Step::Index(j)];
-                    match s.inputs.iter().find(|x| &x.name == name) {
+                    match names.get(name.as_str()) {
                         None => self.at(l, i, &path, format!(
                             "{who}: one_of names `{name}`, which is not an input (inputs: {})",
-                            s.input_names().collect::<Vec<_>>().join(", ")
+                            listed(s.inputs.iter().map(|x| x.name.as_str()))
                         )),
                         Some(x) if x.required => self.at(l, i, &path, format!(
                             "{who}: input `{name}` is in a one_of group, so it cannot also be required: true"
@@ -577,11 +921,26 @@ impl Checker {
         services: &Loaded<Service>,
         agencies: &Loaded<Agency>,
     ) {
+        let agency_ids = agency_ids(agencies);
+        // The first service of each id, with its outputs as a set.
+        let mut catalog: HashMap<&str, (&Service, HashSet<&str>)> = HashMap::new();
+        for (_, s) in &services.items {
+            catalog
+                .entry(&s.id)
+                .or_insert_with(|| (s, s.outputs.iter().map(String::as_str).collect()));
+        }
         let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, g) in &l.items {
             let i = *i;
+            let mut ok = self.id_ok(l, i, &[Step::Key("agency")], "agency", &g.agency);
+            ok &= self.id_ok(l, i, &[Step::Key("service")], "service", &g.service);
+            ok &= self.ids_ok(l, i, "fields", "field", &g.fields);
+            ok &= self.ids_ok(l, i, "purposes", "purpose", &g.purposes);
+            if !ok {
+                continue;
+            }
             let who = format!("grant {} → {}", g.agency, g.service);
-            if agencies.usable && !has_agency(agencies, &g.agency) {
+            if agencies.usable && !has_agency(agencies, &agency_ids, &g.agency) {
                 self.at(
                     l,
                     i,
@@ -592,12 +951,7 @@ impl Checker {
                     ),
                 );
             }
-            let service = services
-                .items
-                .iter()
-                .map(|(_, s)| s)
-                .find(|s| s.id == g.service);
-            match service {
+            match catalog.get(g.service.as_str()) {
                 None if services.usable && !services.broken_ids.contains(&g.service) => {
                     self.at(
                         l,
@@ -610,18 +964,18 @@ impl Checker {
                     );
                 }
                 None => {}
-                Some(s) => {
+                Some((s, outputs)) => {
                     for (j, f) in g.fields.iter().enumerate() {
-                        if !s.outputs.contains(f) {
+                        if !outputs.contains(f.as_str()) {
                             self.at(
                                 l,
                                 i,
                                 &[Step::Key("fields"), Step::Index(j)],
                                 format!(
-                                "{who}: field `{f}` is not an output of service {} (outputs: {})",
-                                s.id,
-                                s.outputs.join(", ")
-                            ),
+                                    "{who}: field `{f}` is not an output of service {} (outputs: {})",
+                                    s.id,
+                                    listed(s.outputs.iter().map(String::as_str))
+                                ),
                             );
                         }
                     }
@@ -692,11 +1046,26 @@ impl Checker {
             .iter()
             .flat_map(|(_, a)| a.publishes.iter().map(String::as_str))
             .collect();
+        let known = {
+            let mut known: Vec<_> = published.iter().copied().collect();
+            known.sort_unstable();
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                listed(known.into_iter())
+            }
+        };
+        let agency_ids = agency_ids(agencies);
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, s) in &l.items {
             let i = *i;
+            let mut ok = self.id_ok(l, i, &[Step::Key("agency")], "agency", &s.agency);
+            ok &= self.ids_ok(l, i, "event_types", "event type", &s.event_types);
+            if !ok {
+                continue;
+            }
             let who = format!("subscription of {}", s.agency);
-            if agencies.usable && !has_agency(agencies, &s.agency) {
+            if agencies.usable && !has_agency(agencies, &agency_ids, &s.agency) {
                 self.at(
                     l,
                     i,
@@ -728,19 +1097,12 @@ impl Checker {
                     && agencies.broken_ids.is_empty()
                     && !published.contains(ev.as_str())
                 {
-                    let mut known: Vec<_> = published.iter().copied().collect();
-                    known.sort_unstable();
                     self.at(
                         l,
                         i,
                         &[Step::Key("event_types"), Step::Index(j)],
                         format!(
-                            "{who}: no agency publishes event type `{ev}` (published: {})",
-                            if known.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                known.join(", ")
-                            }
+                            "{who}: no agency publishes event type `{ev}` (published: {known})"
                         ),
                     );
                 }
@@ -749,8 +1111,15 @@ impl Checker {
     }
 }
 
-fn has_agency(agencies: &Loaded<Agency>, id: &str) -> bool {
-    agencies.broken_ids.contains(id) || agencies.items.iter().any(|(_, a)| a.id == id)
+/// The ids of the agencies that loaded.
+fn agency_ids(agencies: &Loaded<Agency>) -> HashSet<&str> {
+    agencies.items.iter().map(|(_, a)| a.id.as_str()).collect()
+}
+
+/// Whether `id` is an agency, counting agencies that failed to load (so that one broken
+/// agency does not make every reference to it an error too).
+fn has_agency(agencies: &Loaded<Agency>, ids: &HashSet<&str>, id: &str) -> bool {
+    ids.contains(id) || agencies.broken_ids.contains(id)
 }
 
 fn is_slug(s: &str) -> bool {
@@ -761,7 +1130,11 @@ fn is_slug(s: &str) -> bool {
 
 /// Prefixes a deserialization error with the item it belongs to, when it can be named.
 fn describe_item(key: &str, item: &Node, message: &str) -> String {
-    let s = |k: &str| item.get(k).and_then(Node::as_str);
+    let s = |k: &str| {
+        item.get(k)
+            .and_then(Node::as_str)
+            .map(|v| clip(v, MAX_ID_CHARS))
+    };
     let who = match key {
         "agencies" => s("id").map(|id| format!("agency {id}")),
         "services" => s("id").map(|id| format!("service {id}")),

@@ -113,13 +113,54 @@ pub(crate) struct SyntaxError {
 }
 
 /// Parses one YAML document; an empty file yields `None`.
-pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
+///
+/// Collections nested deeper than `max_depth` are refused at the first one too deep. The
+/// events are pulled one by one here, not through `Parser::load`, which recurses once per
+/// nesting level and overflows the stack on a few thousand levels (`- - - - …`); the tree
+/// built below is at most `max_depth` deep, so dropping or deserializing it cannot either.
+pub(crate) fn parse(src: &str, max_depth: usize) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(src);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        pos: Pos::from_marker(*e.marker()),
-        message: e.info().to_owned(),
-    })?;
+    let mut depth = 0usize;
+    let mut documents = 0usize;
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            pos: Pos::from_marker(*e.marker()),
+            message: format!("YAML syntax error: {}", e.info()),
+        })?;
+        let pos = Pos::from_marker(mark);
+        match ev {
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "a second YAML document (`---`) starts here; a policy file \
+                                  holds one document, so remove the `---` line or move what \
+                                  follows into its own file"
+                            .to_owned(),
+                    });
+                }
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!(
+                            "lists and mappings are nested more than {max_depth} levels deep \
+                             here; policy files need at most 5, so look for stray `- ` or \
+                             brackets"
+                        ),
+                    });
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        builder.on_event(ev, mark);
+    }
     Ok(builder.root)
 }
 

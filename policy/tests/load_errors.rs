@@ -50,7 +50,7 @@ fn field_not_an_output_points_at_the_field() {
     });
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "{errs}");
-    let e = &errs.0[0];
+    let e = &errs.errors[0];
     let (line, column) = locate(&text, "  - agency: moe", "mobile]");
     assert_eq!((e.line, e.column), (line, column), "{e}");
     assert_eq!(e.file, dir.path().join("grants.yaml"));
@@ -72,9 +72,9 @@ fn unknown_agency_points_at_the_agency() {
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "{errs}");
     let (line, column) = locate(&text, "", "ihioo");
-    assert_eq!((errs.0[0].line, errs.0[0].column), (line, column));
+    assert_eq!((errs.errors[0].line, errs.errors[0].column), (line, column));
     assert!(
-        errs.0[0]
+        errs.errors[0]
             .message
             .contains("agency `ihioo` is not defined in agencies.yaml"),
         "{errs}"
@@ -199,9 +199,13 @@ fn missing_approval_is_explained() {
         "  - agency: bmi\n    service: cra.shahkar.match",
         "agency: bmi",
     );
-    assert_eq!((errs.0[0].line, errs.0[0].column), (line, column), "{errs}");
+    assert_eq!(
+        (errs.errors[0].line, errs.errors[0].column),
+        (line, column),
+        "{errs}"
+    );
     assert!(
-        errs.0[0]
+        errs.errors[0]
             .message
             .contains("must cite its working-group approval"),
         "{errs}"
@@ -221,7 +225,7 @@ fn syntax_error_has_position() {
         ),
         "{errs}"
     );
-    assert!(errs.0[0].line > 1);
+    assert!(errs.errors[0].line > 1);
 }
 
 /// Wrong types and unknown words (e.g. an input kind) point at the value.
@@ -236,9 +240,13 @@ fn unknown_input_kind_points_at_value() {
     });
     let errs = errors(dir.path());
     let (line, column) = locate(&text, "", "phone");
-    assert_eq!((errs.0[0].line, errs.0[0].column), (line, column), "{errs}");
+    assert_eq!(
+        (errs.errors[0].line, errs.errors[0].column),
+        (line, column),
+        "{errs}"
+    );
     assert!(
-        errs.0[0]
+        errs.errors[0]
             .message
             .starts_with("service cra.shahkar.match: unknown value `phone`"),
         "{errs}"

@@ -261,17 +261,49 @@ pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
 
 /// Loads the policy from `dir` and puts it in force; a broken one is refused and the last
 /// good policy stays. Returns whether the new policy was taken.
+///
+/// Reading, parsing and compiling (files of up to 4 MiB each) is blocking work, so it runs
+/// on the blocking pool: calls keep being answered on the async workers meanwhile. A reload
+/// that fails for any reason — a file too big, too deep, unreadable or invalid, or a panic
+/// while loading — keeps the last good policy and logs one line of bounded length saying
+/// why; `tabadol policy check DIR` lists every error.
 pub async fn reload_policy(hub: &Hub, dir: &std::path::Path) -> bool {
-    match Policy::load_dir(dir) {
-        Ok(p) => {
+    let load_from = dir.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || Policy::load_dir(&load_from)).await;
+    match loaded {
+        Ok(Ok(p)) => {
             hub.swap_policy(p);
             tracing::info!(message = "policy reloaded", dir = %dir.display());
             true
         }
-        Err(errors) => {
+        Ok(Err(errors)) => {
             tracing::error!(
                 message = "policy reload refused; keeping the last good policy",
-                errors = %errors
+                dir = %dir.display(),
+                errors = errors.len(),
+                first = %errors.summary(),
+                hint = "run `tabadol policy check` on the directory to list every error",
+            );
+            false
+        }
+        Err(failed) => {
+            let reason = match failed.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned()),
+                Err(e) => e.to_string(),
+            };
+            let reason: String = reason
+                .chars()
+                .take(300)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            tracing::error!(
+                message = "policy reload failed; keeping the last good policy",
+                dir = %dir.display(),
+                %reason,
             );
             false
         }

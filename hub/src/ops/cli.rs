@@ -295,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(errors) => {
                 eprintln!("{errors}");
-                eprintln!("{}: {} error(s)", dir.display(), errors.0.len());
+                eprintln!("{}: {} error(s)", dir.display(), errors.len());
                 Ok(ExitCode::FAILURE)
             }
         },
