@@ -603,7 +603,7 @@ fn child_config(harness: &TestHub, name: &str, listen: u16, brokers: &str) -> Pa
             "listen: 127.0.0.1:{listen}\n\
              policy_dir: {policy}\n\
              data_dir: {data}\n\
-             tls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n\
+             tls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n  revocation: off\n\
              providers:\n  - {{ provider: nocr, adapter: civil-registry, base_url: \"{nocr}\" }}\n\
              \x20 - {{ provider: cra, adapter: shahkar, base_url: \"{cra}\" }}\n\
              \x20 - {{ provider: inta, adapter: tax, base_url: \"{inta}\" }}\n\

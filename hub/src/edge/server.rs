@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use tabadol_proto::v1::civil_registry_server::CivilRegistryServer;
 use tabadol_proto::v1::events_server::EventsServer;
 use tabadol_proto::v1::inquiry_server::InquiryServer;
@@ -19,13 +18,10 @@ use crate::edge::grpc::shahkar::ShahkarService;
 use crate::edge::grpc::tax::TaxService;
 use crate::inquiry::pipeline::Hub;
 
-/// Most TLS handshakes in progress at once.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
-
 /// Serves every hub service on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Arc<crate::edge::tls::TlsEdge>,
     hub: Arc<Hub>,
     events: EventsService,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -46,7 +42,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let incoming = crate::edge::tls::incoming(listener, tls, MAX_PENDING_HANDSHAKES);
+    let incoming = crate::edge::tls::incoming(listener, tls, hub.clone());
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)

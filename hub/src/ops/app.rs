@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::edge::grpc::events::EventsService;
-use crate::edge::tls::{server_config, TlsFiles};
+use crate::edge::tls::{TlsEdge, TlsFiles};
 use crate::events::manifests::{ManifestStore, ManifestTask};
 use crate::events::outbox::Outbox;
 use crate::events::relay::{RelayHandle, RelayOptions};
@@ -37,6 +37,8 @@ pub struct HubHandle {
     pub outbox: Arc<Outbox>,
     pub relay: Option<RelayHandle>,
     pub manifests: Arc<ManifestStore>,
+    /// The TLS edge: its configuration is swapped by [`reload_crls`].
+    pub tls: Arc<TlsEdge>,
     manifest_task: Option<ManifestTask>,
     pub db: sled::Db,
     shutdown: Option<oneshot::Sender<()>>,
@@ -118,12 +120,16 @@ pub async fn start(
     policy: Policy,
     listener: TcpListener,
 ) -> anyhow::Result<HubHandle> {
-    let tls = server_config(&TlsFiles {
-        ca: &cfg.tls.ca,
-        cert: &cfg.tls.cert,
-        key: &cfg.tls.key,
-        crls: &cfg.tls.crls,
-    })?;
+    let (tls, revoked) = TlsEdge::load(
+        TlsFiles {
+            ca: cfg.tls.ca.clone(),
+            cert: cfg.tls.cert.clone(),
+            key: cfg.tls.key.clone(),
+            crls: cfg.tls.crls.clone(),
+        },
+        cfg.tls.limits.clone(),
+    )
+    .context("tls")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let db = sled::Config::new()
@@ -140,6 +146,7 @@ pub async fn start(
     )?;
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
+    hub.set_revoked(revoked);
     let hub = Arc::new(hub);
     let outbox = Arc::new(Outbox::open(&db)?);
     let tokens = Arc::new(Tokens::open(&db)?);
@@ -197,7 +204,7 @@ pub async fn start(
     let streams = events.streams_stop();
     let task = tokio::spawn(crate::edge::server::run(
         listener,
-        tls,
+        tls.clone(),
         hub.clone(),
         events,
         async move {
@@ -212,6 +219,7 @@ pub async fn start(
         outbox,
         relay,
         manifests,
+        tls,
         manifest_task: Some(manifest_task),
         db,
         shutdown: Some(tx),
@@ -241,10 +249,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Reloads what decides access on SIGHUP: the policy (keeping the last good one when the
-/// new one is broken). Open connections and streams re-check their callers afterwards
-/// ([`Hub::access_changes`]).
-pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
+/// Reloads what decides access on SIGHUP: the policy, then the CRLs and TLS material
+/// (each keeping the last good one when the new one is broken). Open connections and
+/// streams re-check their callers afterwards ([`Hub::access_changes`]).
+pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf, tls: Arc<TlsEdge>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -253,10 +261,43 @@ pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf) {
         };
         while hup.recv().await.is_some() {
             reload_policy(&hub, &dir).await;
+            reload_crls(&hub, &tls).await;
         }
     });
     #[cfg(not(unix))]
-    let _ = (hub, dir);
+    let _ = (hub, dir, tls);
+}
+
+/// Re-reads the CRLs (and the CA and hub certificate) and puts them in force for new
+/// connections; open connections of revoked certificates are then cut. A broken or
+/// expired CRL is refused and the last good set stays. Returns whether the new set was
+/// taken.
+pub async fn reload_crls(hub: &Arc<Hub>, tls: &Arc<TlsEdge>) -> bool {
+    let (h, t) = (hub.clone(), tls.clone());
+    match tokio::task::spawn_blocking(move || t.reload(&h)).await {
+        Ok(Ok(revoked)) => {
+            tracing::info!(
+                message = "TLS material and CRLs reloaded",
+                crl_files = tls.crl_files().len(),
+                revoked_serials = revoked
+            );
+            true
+        }
+        Ok(Err(error)) => {
+            tracing::error!(
+                message = "CRL reload refused; keeping the last good CRLs",
+                %error
+            );
+            false
+        }
+        Err(error) => {
+            tracing::error!(
+                message = "CRL reload failed; keeping the last good CRLs",
+                %error
+            );
+            false
+        }
+    }
 }
 
 /// Loads the policy from `dir` and puts it in force; a broken one is refused and the last

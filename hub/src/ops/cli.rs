@@ -189,7 +189,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
             let handle = crate::ops::app::start(&cfg, policy, listener).await?;
-            crate::ops::app::spawn_policy_reload(handle.hub.clone(), cfg.policy_dir.clone());
+            crate::ops::app::spawn_policy_reload(
+                handle.hub.clone(),
+                cfg.policy_dir.clone(),
+                handle.tls.clone(),
+            );
             crate::ops::app::shutdown_signal().await;
             tracing::info!("shutting down");
             handle.stop().await?;
@@ -220,7 +224,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("cannot listen on {listen}: {e}; choose another with --listen")
             })?;
             let handle = crate::ops::app::start(&env.config, env.policy.clone(), listener).await?;
-            crate::ops::app::spawn_policy_reload(handle.hub.clone(), env.config.policy_dir.clone());
+            crate::ops::app::spawn_policy_reload(
+                handle.hub.clone(),
+                env.config.policy_dir.clone(),
+                handle.tls.clone(),
+            );
             println!("{}", crate::ops::dev::banner(&env, handle.addr));
             let trickle = match opts.simulate_events {
                 Some(every) => {

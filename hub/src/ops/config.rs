@@ -86,9 +86,29 @@ pub struct TlsSection {
     pub cert: PathBuf,
     /// The hub's private key (PEM).
     pub key: PathBuf,
-    /// Certificate revocation lists (PEM) checked for every client certificate.
+    /// Certificate revocation lists (PEM) checked for every client certificate; reloaded
+    /// on SIGHUP. Required unless `revocation: off`; an expired list (nextUpdate in the
+    /// past) is refused.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// `crl` (default): certificates are checked against `crls`, which must not be empty.
+    /// `off`: no revocation checking at all — for development only, and only when written.
+    #[serde(default)]
+    pub revocation: Revocation,
+    /// Bounds on handshakes and connections (see [`crate::edge::tls::ConnectionLimits`]).
+    #[serde(default)]
+    pub limits: crate::edge::tls::ConnectionLimits,
+}
+
+/// Whether client certificates are checked for revocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revocation {
+    /// Checked against the CRLs in `tls.crls`.
+    #[default]
+    Crl,
+    /// Not checked (development only).
+    Off,
 }
 
 /// How to reach one provider.
@@ -266,6 +286,26 @@ impl Config {
                 errors.push(format!("tls.crls: file {} does not exist", p.display()));
             }
         }
+        match (self.tls.revocation, self.tls.crls.is_empty()) {
+            (Revocation::Crl, true) => errors.push(
+                "tls.crls: no certificate revocation list given, so revoked certificates would be \
+                 accepted; list the national root's CRL files, or write `revocation: off` in the \
+                 tls section to run without revocation checks (development only)"
+                    .to_owned(),
+            ),
+            (Revocation::Off, false) => errors.push(format!(
+                "tls.revocation: `off` but tls.crls lists {} file(s); remove `revocation: off` to \
+                 check them, or remove the crls",
+                self.tls.crls.len()
+            )),
+            (Revocation::Crl, false) if self.tls.crls.iter().all(|p| p.is_file()) => {
+                if let Err(e) = crate::edge::tls::load_crls(&self.tls.crls) {
+                    errors.push(format!("tls.crls: {e}"));
+                }
+            }
+            _ => {}
+        }
+        self.tls.limits.validate(&mut errors);
         if self.events.tokenize_quota().is_none() {
             errors.push(
                 "events.tokenize_codes_per_day: give at least 1 (default 1000000)".to_owned(),

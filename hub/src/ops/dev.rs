@@ -125,6 +125,9 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             cert: layout.hub_cert(),
             key: layout.hub_key(),
             crls: Vec::new(),
+            // The development PKI publishes no CRL.
+            revocation: crate::ops::config::Revocation::Off,
+            limits: Default::default(),
         },
         providers,
         audit: AuditSection::default(),
