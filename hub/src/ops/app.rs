@@ -200,6 +200,7 @@ pub async fn start(
         tls,
         hub.clone(),
         events,
+        cfg.limits.edge(),
         async move {
             let _ = rx.await;
             streams.stop();
