@@ -20,8 +20,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
+    let files = files.map(PathBuf::from);
+    let includes = [PathBuf::from("."), include];
+    // Messages and servers: servers decode requests with `codec::RequestCodec`, so a
+    // malformed body is INVALID_ARGUMENT for every service.
     tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
         .file_descriptor_set_path(out.join("tabadol_descriptor.bin"))
-        .compile_protos(&files.map(PathBuf::from), &[PathBuf::from("."), include])?;
+        .compile_protos(&files, &includes)?;
+    // Clients only, over the messages above, with prost's own codec (a malformed response
+    // stays INTERNAL on the client side).
+    let client_out = out.join("client");
+    std::fs::create_dir_all(&client_out)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".tabadol.v1", "crate::v1")
+        .out_dir(&client_out)
+        .compile_protos(&files, &includes)?;
     Ok(())
 }

@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod server;
 pub mod tls;

@@ -16,7 +16,17 @@ use crate::edge::grpc::events::EventsService;
 use crate::edge::grpc::inquiry::InquiryService;
 use crate::edge::grpc::shahkar::ShahkarService;
 use crate::edge::grpc::tax::TaxService;
+use crate::edge::limits::{
+    AgencyStreamsLayer, BodyDeadlineLayer, EdgeLimits, RequireGrpcLayer,
+};
 use crate::inquiry::pipeline::Hub;
+
+/// Largest header block a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Flow-control windows: how much request data one stream / one connection may have
+/// buffered in the hub before the hub reads it.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Serves every hub service on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -24,6 +34,7 @@ pub async fn run(
     tls: Arc<crate::edge::tls::TlsEdge>,
     hub: Arc<Hub>,
     events: EventsService,
+    limits: EdgeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -43,8 +54,22 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let incoming = crate::edge::tls::incoming(listener, tls, hub.clone());
+    // Order matters, outermost first: a non-gRPC request is refused before it counts
+    // against its agency; a stream is counted before its body is read.
+    let edge = tower::ServiceBuilder::new()
+        .layer(RequireGrpcLayer)
+        .layer(AgencyStreamsLayer::new(
+            hub.clone(),
+            limits.streams_per_agency,
+        ))
+        .layer(BodyDeadlineLayer::new(limits.request_body_timeout));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .layer(edge)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

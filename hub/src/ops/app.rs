@@ -207,6 +207,7 @@ pub async fn start(
         tls.clone(),
         hub.clone(),
         events,
+        cfg.limits.edge(),
         async move {
             let _ = rx.await;
             streams.stop();

@@ -35,6 +35,88 @@ pub struct Config {
     /// Broadcast (R5) settings.
     #[serde(default)]
     pub events: EventsSection,
+    /// Bounds on the streams callers may hold open (connections: `tls.limits`).
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// Bounds on what one connection, one agency and all callers together may hold open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// HTTP/2 streams one connection may have open at once, advertised to every client as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS. Default 100.
+    #[serde(default = "default_streams_per_connection")]
+    pub streams_per_connection: u32,
+    /// Calls in progress and open Subscribe streams of one agency, across all its
+    /// connections; beyond it a call is RESOURCE_EXHAUSTED naming this limit. Default 1000.
+    #[serde(default = "default_streams_per_agency")]
+    pub streams_per_agency: u32,
+    /// How long a request body may take to end (END_STREAM) after its headers, ms; a
+    /// request still open then is ended with INVALID_ARGUMENT. Default 10000.
+    #[serde(default = "default_request_body_timeout_ms")]
+    pub request_body_timeout_ms: u64,
+}
+
+fn default_streams_per_connection() -> u32 {
+    100
+}
+
+fn default_streams_per_agency() -> u32 {
+    1_000
+}
+
+fn default_request_body_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            streams_per_connection: default_streams_per_connection(),
+            streams_per_agency: default_streams_per_agency(),
+            request_body_timeout_ms: default_request_body_timeout_ms(),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The edge's bounds these settings give.
+    pub fn edge(&self) -> crate::edge::limits::EdgeLimits {
+        crate::edge::limits::EdgeLimits {
+            streams_per_connection: self.streams_per_connection.max(1),
+            streams_per_agency: self.streams_per_agency.max(1) as usize,
+            request_body_timeout: std::time::Duration::from_millis(
+                self.request_body_timeout_ms.max(1),
+            ),
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        for (name, value, default) in [
+            (
+                "streams_per_connection",
+                u64::from(self.streams_per_connection),
+                "100",
+            ),
+            (
+                "streams_per_agency",
+                u64::from(self.streams_per_agency),
+                "1000",
+            ),
+            (
+                "request_body_timeout_ms",
+                self.request_body_timeout_ms,
+                "10000",
+            ),
+        ] {
+            if value == 0 {
+                errors.push(format!(
+                    "limits.{name}: give at least 1 (default {default})"
+                ));
+            }
+        }
+    }
 }
 
 /// Settings of the event path.
@@ -357,6 +439,7 @@ impl Config {
         if let Some(k) = &self.kafka {
             k.validate(&mut errors);
         }
+        self.limits.validate(&mut errors);
         errors.dedup();
         match (errors.is_empty(), policy) {
             (true, Some(p)) => Ok(p),
@@ -452,6 +535,33 @@ mod tests {
             has("providers[1].provider: `cra` is already configured in providers[0]"),
             "{errs:#?}"
         );
+    }
+
+    /// The limits default to 100 streams per connection, 1000 per agency, a 10 s request
+    /// body; zero is reported with the other errors.
+    #[test]
+    fn limits_default_and_zero_is_reported() {
+        let cfg = config("");
+        let edge = cfg.limits.edge();
+        assert_eq!(edge, crate::edge::limits::EdgeLimits::default());
+        assert_eq!(edge.streams_per_connection, 100);
+        assert_eq!(edge.streams_per_agency, 1_000);
+        assert_eq!(
+            edge.request_body_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        let cfg = config("limits: { streams_per_agency: 0, request_body_timeout_ms: 0 }\n");
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has("limits.streams_per_agency: give at least 1"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("limits.request_body_timeout_ms: give at least 1"),
+            "{errs:#?}"
+        );
+        assert!(has("tls.ca: file"), "{errs:#?}");
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         }),
         default_deadline_ms: 10_000,
         events: Default::default(),
+        limits: Default::default(),
     };
     let policy = config.validate()?;
     Ok(DevEnv {
