@@ -784,6 +784,7 @@ mod tests {
     use futures::StreamExt;
     use std::num::NonZeroU32;
     use tonic::Code;
+    use tonic_types::StatusExt;
 
     use crate::events::tokens::QuotaExceeded;
 
