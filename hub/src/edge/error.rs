@@ -88,6 +88,26 @@ pub enum HubError {
     NoAdapter(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A publisher event id already used for an event with other content. Names the
+    /// fields that differ, never their values (no national code).
+    #[error("event_id `{event_id}` of {publisher} was already used for a different event (sequence {seq}; differs in {}); give a new event a new event_id", .differs.join(", "))]
+    EventIdReused {
+        publisher: String,
+        event_id: String,
+        /// Sequence number of the event first published under this id.
+        seq: u64,
+        /// Names of the fields that differ: `type`, `national_code`, `date`.
+        differs: Vec<&'static str>,
+    },
+    /// A Tokenize call beyond the agency's quota of national codes.
+    #[error("{0}")]
+    TokenizeQuota(crate::events::tokens::QuotaExceeded),
+    /// The hub is stopping: a `Subscribe` stream ends (or is refused) naming where to resume.
+    #[error("the hub is shutting down; subscribe again with after_sequence = {after_sequence}")]
+    ShuttingDown { after_sequence: u64 },
+    /// The caller's certificate was revoked by a reloaded certificate revocation list.
+    #[error("the client certificate (serial {serial}) has been revoked; ask the national PKI for a new certificate")]
+    Revoked { serial: String },
 }
 
 /// The first few violations as one line; the details list them all (up to the cap).
@@ -227,6 +247,10 @@ impl HubError {
             },
             HubError::NoAdapter(_) => "unavailable",
             HubError::Internal(_) => "internal",
+            HubError::EventIdReused { .. } => "conflict",
+            HubError::TokenizeQuota(_) => "quota_exceeded",
+            HubError::ShuttingDown { .. } => "unavailable",
+            HubError::Revoked { .. } => "unauthenticated",
         }
     }
 
@@ -299,8 +323,34 @@ impl HubError {
             },
             HubError::NoAdapter(_) => Code::Unavailable,
             HubError::Internal(_) => Code::Internal,
+            HubError::EventIdReused { .. } => Code::AlreadyExists,
+            HubError::TokenizeQuota(_) => Code::ResourceExhausted,
+            HubError::ShuttingDown { .. } => Code::Unavailable,
+            HubError::Revoked { .. } => Code::Unauthenticated,
         }
     }
+}
+
+/// How a Tokenize call beyond the agency's quota is refused: RetryInfo (when the call
+/// fits later), a QuotaFailure naming the quota and an ErrorInfo.
+fn quota_status(code: Code, message: String, q: &crate::events::tokens::QuotaExceeded) -> Status {
+    let mut d = ErrorDetails::new();
+    if let Some(after) = q.retry_after {
+        d.set_retry_info(Some(after));
+    }
+    d.add_quota_failure_violation(
+        format!("agency:{}", q.agency),
+        format!("events.tokenize: {}", q.quota),
+    );
+    d.set_error_info(
+        "TOKENIZE_QUOTA_EXCEEDED",
+        DOMAIN,
+        std::collections::HashMap::from([
+            ("agency".to_owned(), q.agency.clone()),
+            ("quota".to_owned(), q.quota.to_string()),
+        ]),
+    );
+    Status::with_error_details(code, message, d)
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary (for caller-chosen strings
@@ -353,6 +403,25 @@ fn to_status(e: HubError) -> Status {
             tracing::error!(message = "internal error", error = %e);
             Status::new(code, "internal error; the hub operators have been notified")
         }
+        HubError::EventIdReused {
+            event_id,
+            seq,
+            differs,
+            ..
+        } => Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(
+                "EVENT_ID_REUSED",
+                DOMAIN,
+                std::collections::HashMap::from([
+                    ("event_id".to_owned(), event_id.clone()),
+                    ("sequence".to_owned(), seq.to_string()),
+                    ("differs".to_owned(), differs.join(",")),
+                ]),
+            ),
+        ),
+        HubError::TokenizeQuota(q) => quota_status(code, message, q),
         _ => Status::new(code, message),
     }
 }

@@ -35,6 +35,20 @@ const RETRY: Duration = Duration::from_secs(60);
 /// How many past days are closed at start-up when the hub was down at midnight.
 const CATCH_UP_DAYS: i32 = 7;
 
+/// How many days back manifests are kept and served: `Events/GetManifest` fixes and
+/// stores a manifest only for a day inside this window and refuses older days, so a
+/// caller cannot make the hub store one manifest per day back to year 1.
+pub const MANIFEST_RETENTION_DAYS: i32 = 90;
+
+/// The oldest day whose manifest is served on `today` ([`MANIFEST_RETENTION_DAYS`] back).
+pub fn oldest_kept(today: JalaliDate) -> JalaliDate {
+    today
+        .to_civil()
+        .checked_sub(jiff::Span::new().days(MANIFEST_RETENTION_DAYS))
+        .map(JalaliDate::from_civil)
+        .unwrap_or(today)
+}
+
 /// The instant from which `day`'s manifest may be fixed: the next Tehran midnight plus
 /// [`CLOSE_GRACE`].
 pub fn closes_at(day: JalaliDate) -> jiff::Timestamp {

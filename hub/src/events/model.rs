@@ -3,7 +3,8 @@
 //! and the daily manifests that let a subscriber prove it missed nothing.
 
 use sha2::{Digest, Sha256};
-use tabadol_policy::{ids, jalali::JalaliDate};
+use tabadol_policy::ids;
+use tabadol_policy::jalali::{JalaliDate, JalaliError};
 use tabadol_proto::v1::Event;
 
 use crate::edge::error::Violation;
@@ -28,40 +29,108 @@ pub fn topic(event_type: &str, agency: &str) -> String {
     format!("tabadol.{event_type}.{agency}")
 }
 
-/// Validates a publish request; every problem is named by field.
+/// Longest publisher event id, in bytes.
+pub const MAX_EVENT_ID: usize = 128;
+/// Longest national code or date looked at, in bytes: a canonical value is far shorter
+/// (ten digits; `YYYY/MM/DD`), a Persian-digit one at most twice as long.
+const MAX_SHORT_FIELD: usize = 64;
+
+/// A publish request that passed validation, in canonical form: Latin digits only, the
+/// date written `YYYY/MM/DD`. This is what is stored, deduplicated and forwarded, so the
+/// same event sent in Persian and in Latin digits is one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPublish {
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub national_code: String,
+    pub date: JalaliDate,
+}
+
+/// `value` of `field` in canonical form ([`ids::canonical`]), or why not: too long (the
+/// value is not looked at further) or an invisible character (named).
+fn canonical_field(field: &str, value: &str, max: usize) -> Result<String, Violation> {
+    if value.len() > max {
+        return Err(Violation::new(
+            field,
+            format!(
+                "{field} is {} bytes long; at most {max} are accepted",
+                value.len()
+            ),
+        ));
+    }
+    ids::canonical(value)
+        .map(|c| c.into_owned())
+        .map_err(|e| Violation::new(field, format!("{field}: {e}")))
+}
+
+/// Validates a publish request and returns its canonical form; every problem is named by
+/// field, and no message repeats a value that could be a national code.
 pub fn validate_publish(
     event_id: &str,
     event_type: &str,
     national_code: &str,
     date: &str,
-) -> Result<(), Vec<Violation>> {
+) -> Result<ValidPublish, Vec<Violation>> {
     let mut v = Vec::new();
-    if event_id.trim().is_empty() || event_id.len() > 128 {
-        v.push(Violation::new(
-            "event_id",
-            "event_id is required (1..128 characters): your own id of the event, used to make re-publishing a no-op",
-        ));
-    }
-    if !EVENT_TYPES.contains(&event_type) {
+    let event_id = match canonical_field("event_id", event_id, MAX_EVENT_ID) {
+        Ok(id) if !id.trim().is_empty() => Some(id),
+        Ok(_) => {
+            v.push(Violation::new(
+                "event_id",
+                format!("event_id is required (1..{MAX_EVENT_ID} characters): your own id of the event, used to make re-publishing a no-op"),
+            ));
+            None
+        }
+        Err(e) => {
+            v.push(e);
+            None
+        }
+    };
+    let known_type = EVENT_TYPES.iter().copied().find(|t| *t == event_type);
+    if known_type.is_none() {
         v.push(Violation::new(
             "type",
-            format!("unknown event type `{event_type}`; use one of {EVENT_TYPES:?}"),
+            format!(
+                "unknown event type `{}`; use one of {EVENT_TYPES:?}",
+                crate::edge::error::clip(event_type, MAX_SHORT_FIELD)
+            ),
         ));
     }
-    if let Err(e) = ids::validate_national_code(national_code) {
-        v.push(Violation::new("national_code", e.to_string()));
-    }
-    if date.trim().is_empty() {
-        v.push(Violation::new(
-            "date",
-            "date is required: the Jalali date of the death or change, e.g. 1405/08/30",
-        ));
-    } else {
-        match date.parse::<JalaliDate>() {
-            Err(e) => v.push(Violation::new(
+    let national_code = match canonical_field("national_code", national_code, MAX_SHORT_FIELD) {
+        Ok(nc) => match ids::validate_national_code(&nc) {
+            Ok(()) => Some(nc),
+            Err(e) => {
+                v.push(Violation::new("national_code", e.to_string()));
+                None
+            }
+        },
+        Err(e) => {
+            v.push(e);
+            None
+        }
+    };
+    let date = match canonical_field("date", date, MAX_SHORT_FIELD) {
+        Ok(d) if d.trim().is_empty() => {
+            v.push(Violation::new(
                 "date",
-                format!("`{date}` is not a Jalali date: {e}"),
-            )),
+                "date is required: the Jalali date of the death or change, e.g. 1405/08/30",
+            ));
+            None
+        }
+        // The value is not repeated: with national code and date swapped it would be a
+        // national code.
+        Ok(d) => match d.parse::<JalaliDate>() {
+            Err(JalaliError::Format(_)) => {
+                v.push(Violation::new(
+                    "date",
+                    "date is not a Jalali date; write it as YYYY/MM/DD, e.g. 1405/08/30",
+                ));
+                None
+            }
+            Err(e) => {
+                v.push(Violation::new("date", format!("date: {e}")));
+                None
+            }
             // A Gregorian date such as 2025-11-21 also parses as a (far future) Jalali
             // date; no death or change is registered after today.
             Ok(d) => {
@@ -73,14 +142,27 @@ pub fn validate_publish(
                             "{d} is in the future (today in Tehran is {today}); give the Jalali date of the death or change"
                         ),
                     ));
+                    None
+                } else {
+                    Some(d)
                 }
             }
+        },
+        Err(e) => {
+            v.push(e);
+            None
         }
-    }
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(v)
+    };
+    match (event_id, known_type, national_code, date) {
+        (Some(event_id), Some(event_type), Some(national_code), Some(date)) if v.is_empty() => {
+            Ok(ValidPublish {
+                event_id,
+                event_type,
+                national_code,
+                date,
+            })
+        }
+        _ => Err(v),
     }
 }
 

@@ -1,10 +1,17 @@
 //! `tabadol.v1.Events`: publishing into the durable outbox, the resumable per-subscriber
 //! stream, tokenization for subscribers, and daily manifests (R5).
+//!
+//! Every call is authorized before anything of its payload is looked at, every field is
+//! bounded, and audit records hold reasons only — never caller text or a national code.
+//! Errors become statuses in the one edge, [`crate::edge::error`]. An open `Subscribe`
+//! stream re-checks its caller whenever access changes ([`Hub::access_changes`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
@@ -15,21 +22,28 @@ use tabadol_proto::v1::{
     Event, GetManifestRequest, Manifest, PublishRequest, PublishResponse, SubscribeRequest,
     TokenizeRequest, TokenizeResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
-use crate::edge::error::{HubError, Violation};
-use crate::events::manifests::{day_closed, ManifestStore};
-use crate::events::model::{for_subscriber, manifest, validate_publish};
+use crate::edge::error::{clip, HubError, Violation};
+use crate::edge::tls::PeerInfo;
+use crate::events::manifests::{day_closed, oldest_kept, ManifestStore, MANIFEST_RETENTION_DAYS};
+use crate::events::model::{for_subscriber, manifest, validate_publish, EVENT_TYPES};
 use crate::events::outbox::{NewEvent, Outbox, OutboxError};
-use crate::events::tokens::{QuotaExceeded, TokenizeBudget, TokenizeQuota, Tokens};
+use crate::events::tokens::{TokenizeBudget, TokenizeQuota, Tokens};
 use crate::inquiry::audit::AuditRecord;
 use crate::inquiry::pipeline::{Caller, Hub};
 
 /// Most national codes in one Tokenize call.
 pub const MAX_TOKENIZE: usize = 1000;
+/// Most event types named in one Subscribe call.
+pub const MAX_SUBSCRIBE_TYPES: usize = 16;
+/// Longest national code or Jalali day looked at, in bytes (a Persian-digit value is at
+/// most twice as long as its canonical form).
+const MAX_SHORT_FIELD: usize = 64;
+/// Longest piece of caller text repeated in an error message, in bytes.
+const MAX_ECHO: usize = 64;
 /// Tokenize calls per second per agency (burst twice that). The number of national codes
 /// is limited separately by [`EventsOptions::tokenize_quota`].
 const TOKENIZE_PER_SECOND: u32 = 5;
@@ -38,8 +52,11 @@ const STREAM_QUEUE: usize = 64;
 /// How long a stream ended for shutdown waits for room in its queue to tell the
 /// subscriber where to resume (a subscriber that does not read holds up the stop no longer).
 const RESUME_SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Domain of `ErrorInfo` details.
-const DOMAIN: &str = "tabadol.ir";
+/// Audit service names.
+const PUBLISH: &str = "events.publish";
+const TOKENIZE: &str = "events.tokenize";
+/// Audit tracking code of a call that carries none the hub may keep.
+const NO_TRACKING: &str = "-";
 
 /// Settings of the Events service.
 #[derive(Debug, Clone, Default)]
@@ -75,71 +92,14 @@ impl StreamsStop {
     }
 }
 
-fn resume_status(cursor: u64) -> Status {
-    Status::unavailable(format!(
-        "the hub is shutting down; subscribe again with after_sequence = {cursor}"
-    ))
-}
-
-/// How a publish whose event id was used before for another event is refused.
-fn conflict_status(e: &OutboxError) -> Status {
-    let mut meta = HashMap::new();
-    if let OutboxError::Conflict {
-        event_id,
-        seq,
-        differs,
-        ..
-    } = e
-    {
-        meta.insert("event_id".to_owned(), event_id.clone());
-        meta.insert("sequence".to_owned(), seq.to_string());
-        meta.insert("differs".to_owned(), differs.join(","));
-    }
-    Status::with_error_details(
-        Code::AlreadyExists,
-        e.to_string(),
-        ErrorDetails::with_error_info("EVENT_ID_REUSED", DOMAIN, meta),
-    )
-}
-
-/// How a Tokenize call beyond the agency's quota is refused: RESOURCE_EXHAUSTED with
-/// RetryInfo (when the call fits later) and a QuotaFailure naming the quota.
-fn quota_status(q: &QuotaExceeded) -> Status {
-    let mut d = ErrorDetails::new();
-    if let Some(after) = q.retry_after {
-        d.set_retry_info(Some(after));
-    }
-    d.add_quota_failure_violation(
-        format!("agency:{}", q.agency),
-        format!("events.tokenize: {}", q.quota),
-    );
-    d.set_error_info(
-        "TOKENIZE_QUOTA_EXCEEDED",
-        DOMAIN,
-        HashMap::from([
-            ("agency".to_owned(), q.agency.clone()),
-            ("quota".to_owned(), q.quota.to_string()),
-        ]),
-    );
-    Status::with_error_details(Code::ResourceExhausted, q.to_string(), d)
-}
-
-/// Why a Tokenize call was refused.
-enum TokenizeRefusal {
-    Hub(HubError),
-    Quota(QuotaExceeded),
-}
-
-impl From<HubError> for TokenizeRefusal {
-    fn from(e: HubError) -> Self {
-        TokenizeRefusal::Hub(e)
-    }
-}
-
 /// Ends a stream stopped for shutdown with where to resume. Waits (briefly) for room in
 /// the queue, which is full exactly when the subscriber has events still to read.
 async fn send_resume(tx: &mpsc::Sender<Result<Event, Status>>, cursor: u64) {
-    match tokio::time::timeout(RESUME_SEND_TIMEOUT, tx.send(Err(resume_status(cursor)))).await {
+    let status = HubError::ShuttingDown {
+        after_sequence: cursor,
+    }
+    .into();
+    match tokio::time::timeout(RESUME_SEND_TIMEOUT, tx.send(Err(status))).await {
         Ok(_) => {}
         Err(_) => tracing::warn!(
             message = "subscriber does not read; stream ended without the resume position",
@@ -148,23 +108,102 @@ async fn send_resume(tx: &mpsc::Sender<Result<Event, Status>>, cursor: u64) {
     }
 }
 
-/// Streams `agency`'s events of the `wanted` types after `after_sequence` into a queue of
-/// `capacity`, until the receiver goes away or `stopping` turns true (then the last item
-/// is UNAVAILABLE naming the `after_sequence` to resume from).
-fn spawn_stream(
-    outbox: Arc<Outbox>,
-    tokens: Arc<Tokens>,
+/// What one open stream delivers: `agency`'s events of the `wanted` types after
+/// `after_sequence`, through a queue of `capacity`.
+struct StreamSpec {
     agency: String,
     wanted: Vec<String>,
     after_sequence: u64,
-    mut stopping: watch::Receiver<bool>,
     capacity: usize,
-) -> mpsc::Receiver<Result<Event, Status>> {
-    let (tx, rx) = mpsc::channel::<Result<Event, Status>>(capacity);
+}
+
+/// What ends an open stream besides its subscriber going away: the hub stopping (the last
+/// item names where to resume), or a change of access (`access` fired) after which
+/// `recheck` refuses the caller (the stream ends at once with that refusal, ahead of
+/// anything still queued).
+struct StreamEnds {
+    stopping: watch::Receiver<bool>,
+    access: watch::Receiver<u64>,
+    recheck: Box<dyn Fn() -> Result<(), HubError> + Send + Sync>,
+}
+
+/// The response stream of `Subscribe`: the queued events, cut short by a refusal when the
+/// caller loses access (the refusal is the last item, even while events are queued).
+struct GuardedStream {
+    events: ReceiverStream<Result<Event, Status>>,
+    cut: Option<oneshot::Receiver<Status>>,
+    done: bool,
+}
+
+impl Stream for GuardedStream {
+    type Item = Result<Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(cut) = self.cut.as_mut() {
+            if let Poll::Ready(refusal) = Pin::new(cut).poll(cx) {
+                self.cut = None;
+                // A dropped sender is a stream task that ended without a refusal.
+                if let Ok(status) = refusal {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+        }
+        Pin::new(&mut self.events).poll_next(cx)
+    }
+}
+
+/// Starts the task that feeds one stream from the outbox; see [`StreamSpec`] and
+/// [`StreamEnds`].
+fn spawn_stream(
+    outbox: Arc<Outbox>,
+    tokens: Arc<Tokens>,
+    spec: StreamSpec,
+    ends: StreamEnds,
+) -> GuardedStream {
+    let (tx, rx) = mpsc::channel::<Result<Event, Status>>(spec.capacity);
+    let (cut_tx, cut_rx) = oneshot::channel::<Status>();
     tokio::spawn(async move {
+        let StreamSpec {
+            agency,
+            wanted,
+            after_sequence,
+            ..
+        } = spec;
+        let StreamEnds {
+            mut stopping,
+            mut access,
+            recheck,
+        } = ends;
+        // The caller was checked when the stream opened.
+        access.borrow_and_update();
+        // False once the hub that bumps `access` is gone (nothing can change any more).
+        let mut access_open = true;
         let mut watch = outbox.watch();
         // The last sequence handed to the stream (or skipped as not wanted).
         let mut cursor = after_sequence;
+        // Re-checks the caller after a change of access; false when the stream must end
+        // (the refusal is sent ahead of the queue).
+        let still_allowed =
+            |cut_tx: &mut Option<oneshot::Sender<Status>>, cursor: u64| match recheck() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(
+                        message = "subscribe stream ended: the caller lost access",
+                        agency = %agency,
+                        after_sequence = cursor,
+                        reason = %e,
+                    );
+                    if let Some(cut) = cut_tx.take() {
+                        let _ = cut.send(e.into());
+                    }
+                    false
+                }
+            };
+        let mut cut_tx = Some(cut_tx);
         loop {
             if *stopping.borrow() {
                 send_resume(&tx, cursor).await;
@@ -180,6 +219,11 @@ fn spawn_stream(
             };
             if batch.is_empty() {
                 tokio::select! {
+                    biased;
+                    changed = access.changed(), if access_open => match changed {
+                        Ok(()) => if !still_allowed(&mut cut_tx, cursor) { return },
+                        Err(_) => access_open = false,
+                    },
                     changed = watch.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
                     changed = stopping.changed() => if changed.is_err() { return },
@@ -191,24 +235,122 @@ fn spawn_stream(
                     cursor = ev.seq;
                     continue;
                 }
+                // Room in the queue; a change of access seen before (or while waiting for
+                // it) is checked first, so nothing read after a revocation is sent.
+                // Once stopping, nothing more is sent but where to resume.
+                let permit = loop {
+                    tokio::select! {
+                        biased;
+                        _ = stopping.changed() => {
+                            send_resume(&tx, cursor).await;
+                            return;
+                        }
+                        changed = access.changed(), if access_open => match changed {
+                            Ok(()) => if !still_allowed(&mut cut_tx, cursor) { return },
+                            Err(_) => access_open = false,
+                        },
+                        permit = tx.reserve() => match permit {
+                            Ok(p) => break p,
+                            Err(_) => return,
+                        },
+                    }
+                };
                 let item = tokens
                     .token(&agency, &ev.national_code)
                     .map(|t| for_subscriber(&ev, t))
                     .map_err(|e| HubError::Internal(e.to_string()).into());
-                // Once stopping, nothing more is sent but where to resume.
-                tokio::select! {
-                    biased;
-                    _ = stopping.changed() => {
-                        send_resume(&tx, cursor).await;
-                        return;
-                    }
-                    sent = tx.send(item) => if sent.is_err() { return },
-                }
+                permit.send(item);
                 cursor = ev.seq;
             }
         }
     });
-    rx
+    GuardedStream {
+        events: ReceiverStream::new(rx),
+        cut: Some(cut_rx),
+        done: false,
+    }
+}
+
+/// The event types `agency` subscribes to in `policy`.
+fn subscribed_types(hub: &Hub, agency: &str) -> Vec<String> {
+    let state = hub.policy();
+    state
+        .policy
+        .subscriptions()
+        .iter()
+        .filter(|s| s.agency == agency)
+        .flat_map(|s| s.event_types.iter().cloned())
+        .collect()
+}
+
+/// Whether the caller of an open stream may still receive it: its certificate is not
+/// revoked (UNAUTHENTICATED), still names the same agency in agencies.yaml
+/// (UNAUTHENTICATED), and that agency still subscribes to every `wanted` type
+/// (PERMISSION_DENIED).
+fn stream_access(
+    hub: &Hub,
+    peer: &PeerInfo,
+    agency: &str,
+    wanted: &[String],
+) -> Result<(), HubError> {
+    if hub.is_revoked(&peer.serial) {
+        return Err(HubError::Revoked {
+            serial: peer.serial.clone(),
+        });
+    }
+    let now = hub.caller_for(peer.common_name.as_deref())?;
+    if now.agency != agency {
+        return Err(HubError::UnknownAgency {
+            common_name: peer.common_name.clone().unwrap_or_default(),
+        });
+    }
+    let subscribed = subscribed_types(hub, agency);
+    if let Some(t) = wanted.iter().find(|t| !subscribed.contains(t)) {
+        return Err(HubError::NotAllowed {
+            agency: agency.to_owned(),
+            action: format!(
+                "receive {t} events any more (the subscription is no longer in subscriptions.yaml)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the `day` of a GetManifest request and returns it canonical: a Jalali date
+/// (Persian digits allowed) no later than `today` and inside the retention window
+/// (empty: yesterday).
+fn manifest_day(day: &str, today: JalaliDate) -> Result<JalaliDate, HubError> {
+    let invalid = |d: String| HubError::Invalid(vec![Violation::new("day", d)]);
+    if day.is_empty() {
+        return today
+            .to_civil()
+            .yesterday()
+            .map(JalaliDate::from_civil)
+            .map_err(|e| HubError::Internal(e.to_string()));
+    }
+    if day.len() > MAX_SHORT_FIELD {
+        return Err(invalid(format!(
+            "day is {} bytes long; give a Jalali date such as 1405/08/30",
+            day.len()
+        )));
+    }
+    let canonical =
+        tabadol_policy::ids::canonical(day).map_err(|e| invalid(format!("day: {e}")))?;
+    let day = canonical
+        .parse::<JalaliDate>()
+        .map_err(|e| invalid(format!("day: {e}")))?;
+    if day > today {
+        return Err(invalid(format!(
+            "{day} is in the future (today in Tehran is {today})"
+        )));
+    }
+    let oldest = oldest_kept(today);
+    if day < oldest {
+        return Err(invalid(format!(
+            "{day} is older than the {MANIFEST_RETENTION_DAYS} days for which the hub keeps manifests; ask for a day from {oldest} on"
+        )));
+    }
+    Ok(day)
 }
 
 impl EventsService {
@@ -244,17 +386,8 @@ impl EventsService {
         StreamsStop(self.stopping.clone())
     }
 
-    fn subscribed_types(&self, agency: &str) -> Vec<String> {
-        let state = self.hub.policy();
-        state
-            .policy
-            .subscriptions()
-            .iter()
-            .filter(|s| s.agency == agency)
-            .flat_map(|s| s.event_types.iter().cloned())
-            .collect()
-    }
-
+    /// Appends an audit record. `tracking` and `detail` must hold nothing the caller
+    /// chose beyond a validated id, and never a national code.
     async fn audit(
         &self,
         caller: &Caller,
@@ -285,6 +418,45 @@ impl EventsService {
             .map_err(|e| HubError::Internal(format!("audit write failed: {e}")).into())
     }
 
+    /// Audits a refused call (reason only) and returns its status.
+    async fn refuse(&self, caller: &Caller, service: &str, tracking: &str, e: HubError) -> Status {
+        match self
+            .audit(caller, service, tracking, e.outcome(), e.audit_detail())
+            .await
+        {
+            Ok(()) => e.into(),
+            Err(status) => status,
+        }
+    }
+
+    /// Whether the caller may publish events of `event_type`, decided from the policy
+    /// alone: an agency that publishes nothing is refused whatever it sent; a known type it
+    /// does not publish is refused before the rest is looked at; an unknown type is left
+    /// to validation, which names it.
+    fn authorize_publish(&self, caller: &Caller, event_type: &str) -> Result<(), HubError> {
+        let state = self.hub.policy();
+        let publishes = state
+            .policy
+            .agency(&caller.agency)
+            .map(|a| a.publishes.as_slice())
+            .unwrap_or_default();
+        if publishes.is_empty() {
+            return Err(HubError::NotAllowed {
+                agency: caller.agency.clone(),
+                action: "publish events (agencies.yaml lists none it publishes)".into(),
+            });
+        }
+        if let Some(known) = EVENT_TYPES.iter().find(|t| **t == event_type) {
+            if !publishes.iter().any(|p| p == known) {
+                return Err(HubError::NotAllowed {
+                    agency: caller.agency.clone(),
+                    action: format!("publish {known} events"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check_tokenize_rate(&self, agency: &str) -> Result<(), HubError> {
         let limiter = {
             let mut map = self
@@ -309,6 +481,66 @@ impl EventsService {
             )),
         })
     }
+
+    /// Tokenize without the audit: authorize, rate limit, bound and canonicalize the
+    /// national codes, take them from the budget, and give the caller's tokens.
+    fn tokenize_checked(
+        &self,
+        caller: &Caller,
+        national_codes: &[String],
+    ) -> Result<Vec<String>, HubError> {
+        if subscribed_types(&self.hub, &caller.agency).is_empty() {
+            return Err(HubError::NotAllowed {
+                agency: caller.agency.clone(),
+                action: "tokenize (only subscribers in subscriptions.yaml may)".into(),
+            });
+        }
+        self.check_tokenize_rate(&caller.agency)?;
+        if national_codes.is_empty() || national_codes.len() > MAX_TOKENIZE {
+            return Err(HubError::Invalid(vec![Violation::new(
+                "national_codes",
+                format!(
+                    "give between 1 and {MAX_TOKENIZE} national codes, got {}",
+                    national_codes.len()
+                ),
+            )]));
+        }
+        let mut canonical = Vec::with_capacity(national_codes.len());
+        let mut bad = Vec::new();
+        for (i, nc) in national_codes.iter().enumerate() {
+            let checked = if nc.len() > MAX_SHORT_FIELD {
+                Err(format!(
+                    "a national code is 10 digits; this one is {} bytes long",
+                    nc.len()
+                ))
+            } else {
+                tabadol_policy::ids::canonical(nc)
+                    .and_then(|c| {
+                        tabadol_policy::ids::validate_national_code(&c).map(|()| c.into_owned())
+                    })
+                    .map_err(|e| e.to_string())
+            };
+            match checked {
+                Ok(c) => canonical.push(c),
+                Err(e) => bad.push(Violation::new(format!("national_codes[{i}]"), e)),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(HubError::Invalid(bad));
+        }
+        // Counted in distinct national codes, only for valid calls; a refused call
+        // takes nothing from the budget.
+        let distinct: std::collections::HashSet<&str> =
+            canonical.iter().map(String::as_str).collect();
+        self.tokenize_budget
+            .take(&caller.agency, distinct.len())
+            .map_err(HubError::TokenizeQuota)?;
+        canonical
+            .iter()
+            .map(|nc| self.tokens.token(&caller.agency, nc))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| HubError::Internal(e.to_string()))
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
@@ -326,86 +558,70 @@ impl Events for EventsService {
             national_code,
             date,
         } = req.into_inner();
-        if let Err(v) = validate_publish(&event_id, &r#type, &national_code, &date) {
-            let e = HubError::Invalid(v);
-            self.audit(
-                &caller,
-                "events.publish",
-                &event_id,
-                e.outcome(),
-                e.to_string(),
-            )
-            .await?;
-            return Err(e.into());
+        // Before anything else of the payload is looked at (or kept): may it publish?
+        if let Err(e) = self.authorize_publish(&caller, &r#type) {
+            return Err(self.refuse(&caller, PUBLISH, NO_TRACKING, e).await);
         }
-        if !self
-            .hub
-            .policy()
-            .policy
-            .may_publish(&caller.agency, &r#type)
-        {
-            let e = HubError::NotAllowed {
-                agency: caller.agency.clone(),
-                action: format!("publish {} events", r#type),
-            };
-            self.audit(
-                &caller,
-                "events.publish",
-                &event_id,
-                e.outcome(),
-                e.to_string(),
-            )
-            .await?;
-            return Err(e.into());
-        }
+        let ev = match validate_publish(&event_id, &r#type, &national_code, &date) {
+            Ok(ev) => ev,
+            Err(v) => {
+                return Err(self
+                    .refuse(&caller, PUBLISH, NO_TRACKING, HubError::Invalid(v))
+                    .await)
+            }
+        };
+        // A valid event id is bounded and visible: it is the audit tracking code.
+        let date = ev.date.to_string();
         let published = self
             .outbox
             .publish(NewEvent {
                 publisher: &caller.agency,
-                publisher_event_id: &event_id,
-                event_type: &r#type,
-                national_code: &national_code,
+                publisher_event_id: &ev.event_id,
+                event_type: ev.event_type,
+                national_code: &ev.national_code,
                 date: &date,
             })
             .await;
-        let (ev, duplicate) = match published {
+        let (stored, duplicate) = match published {
             Ok(p) => p,
-            Err(e @ OutboxError::Conflict { .. }) => {
-                // The message names the event id and the differing fields, no values.
-                self.audit(
-                    &caller,
-                    "events.publish",
-                    &event_id,
-                    "conflict",
-                    e.to_string(),
-                )
-                .await?;
-                return Err(conflict_status(&e));
+            Err(OutboxError::Conflict {
+                publisher,
+                event_id,
+                seq,
+                differs,
+            }) => {
+                let e = HubError::EventIdReused {
+                    publisher,
+                    event_id,
+                    seq,
+                    differs,
+                };
+                return Err(self.refuse(&caller, PUBLISH, &ev.event_id, e).await);
             }
             Err(e) => return Err(HubError::Internal(e.to_string()).into()),
         };
         self.audit(
             &caller,
-            "events.publish",
-            &event_id,
+            PUBLISH,
+            &ev.event_id,
             if duplicate { "duplicate" } else { "ok" },
-            format!("{} sequence {}", ev.event_type, ev.seq),
+            format!("{} sequence {}", stored.event_type, stored.seq),
         )
         .await?;
         tracing::info!(
             message = "event accepted",
             publisher = %caller.agency,
-            event_type = %ev.event_type,
-            sequence = ev.seq,
+            event_type = %stored.event_type,
+            sequence = stored.seq,
             duplicate,
         );
         Ok(Response::new(PublishResponse {
-            sequence: ev.seq,
-            hub_event_id: ev.hub_event_id,
+            sequence: stored.seq,
+            hub_event_id: stored.hub_event_id,
             duplicate,
             accepted_at: Some(prost_types::Timestamp {
-                seconds: ev.accepted_at_micros.div_euclid(1_000_000),
-                nanos: (ev.accepted_at_micros.rem_euclid(1_000_000) * 1000) as i32,
+                seconds: stored.accepted_at_micros.div_euclid(1_000_000),
+                nanos: (stored.accepted_at_micros.rem_euclid(1_000_000) * 1000) as i32,
             }),
         }))
     }
@@ -417,16 +633,29 @@ impl Events for EventsService {
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = super::caller(&self.hub, &req)?;
+        let peer = req.extensions().get::<PeerInfo>().cloned().ok_or_else(|| {
+            Status::unauthenticated("no verified client certificate on this connection")
+        })?;
         let SubscribeRequest {
             after_sequence,
             types,
         } = req.into_inner();
-        let subscribed = self.subscribed_types(&caller.agency);
+        let subscribed = subscribed_types(&self.hub, &caller.agency);
         if subscribed.is_empty() {
             return Err(HubError::NotAllowed {
                 agency: caller.agency,
                 action: "subscribe to events (no subscription in subscriptions.yaml)".into(),
             }
+            .into());
+        }
+        if types.len() > MAX_SUBSCRIBE_TYPES {
+            return Err(HubError::Invalid(vec![Violation::new(
+                "types",
+                format!(
+                    "name at most {MAX_SUBSCRIBE_TYPES} event types (or none for all you subscribe to), got {}",
+                    types.len()
+                ),
+            )])
             .into());
         }
         let wanted: Vec<String> = if types.is_empty() {
@@ -435,26 +664,43 @@ impl Events for EventsService {
             if let Some(t) = types.iter().find(|t| !subscribed.contains(t)) {
                 return Err(HubError::NotAllowed {
                     agency: caller.agency,
-                    action: format!("receive {t} events (subscribed: {})", subscribed.join(", ")),
+                    action: format!(
+                        "receive {} events (subscribed: {})",
+                        clip(t, MAX_ECHO),
+                        subscribed.join(", ")
+                    ),
                 }
                 .into());
             }
             types
         };
+        // Also refuses a certificate revoked since the connection was opened.
+        stream_access(&self.hub, &peer, &caller.agency, &wanted)?;
         let stopping = self.stopping.subscribe();
         if *stopping.borrow() {
-            return Err(resume_status(after_sequence));
+            return Err(HubError::ShuttingDown { after_sequence }.into());
         }
-        let rx = spawn_stream(
+        let access = self.hub.access_changes();
+        let recheck = {
+            let (hub, agency, wanted) = (self.hub.clone(), caller.agency.clone(), wanted.clone());
+            Box::new(move || stream_access(&hub, &peer, &agency, &wanted))
+        };
+        let stream = spawn_stream(
             self.outbox.clone(),
             self.tokens.clone(),
-            caller.agency.clone(),
-            wanted,
-            after_sequence,
-            stopping,
-            STREAM_QUEUE,
+            StreamSpec {
+                agency: caller.agency,
+                wanted,
+                after_sequence,
+                capacity: STREAM_QUEUE,
+            },
+            StreamEnds {
+                stopping,
+                access,
+                recheck,
+            },
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn tokenize(
@@ -463,61 +709,19 @@ impl Events for EventsService {
     ) -> Result<Response<TokenizeResponse>, Status> {
         let caller = super::caller(&self.hub, &req)?;
         let TokenizeRequest { national_codes } = req.into_inner();
-        let result = (|| -> Result<Vec<String>, TokenizeRefusal> {
-            if self.subscribed_types(&caller.agency).is_empty() {
-                return Err(HubError::NotAllowed {
-                    agency: caller.agency.clone(),
-                    action: "tokenize (only subscribers in subscriptions.yaml may)".into(),
-                }
-                .into());
+        match self.tokenize_checked(&caller, &national_codes) {
+            Ok(tokens) => {
+                self.audit(
+                    &caller,
+                    TOKENIZE,
+                    NO_TRACKING,
+                    "ok",
+                    format!("tokenized {} national codes", tokens.len()),
+                )
+                .await?;
+                Ok(Response::new(TokenizeResponse { tokens }))
             }
-            self.check_tokenize_rate(&caller.agency)?;
-            if national_codes.is_empty() || national_codes.len() > MAX_TOKENIZE {
-                return Err(HubError::Invalid(vec![Violation::new(
-                    "national_codes",
-                    format!(
-                        "give between 1 and {MAX_TOKENIZE} national codes, got {}",
-                        national_codes.len()
-                    ),
-                )])
-                .into());
-            }
-            let bad: Vec<Violation> = national_codes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, nc)| {
-                    tabadol_policy::ids::validate_national_code(nc)
-                        .err()
-                        .map(|e| Violation::new(format!("national_codes[{i}]"), e.to_string()))
-                })
-                .collect();
-            if !bad.is_empty() {
-                return Err(HubError::Invalid(bad).into());
-            }
-            // Counted in distinct national codes, only for valid calls; a refused call
-            // takes nothing from the budget.
-            let distinct: std::collections::HashSet<&str> =
-                national_codes.iter().map(String::as_str).collect();
-            self.tokenize_budget
-                .take(&caller.agency, distinct.len())
-                .map_err(TokenizeRefusal::Quota)?;
-            national_codes
-                .iter()
-                .map(|nc| self.tokens.token(&caller.agency, nc))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| HubError::Internal(e.to_string()).into())
-        })();
-        let (outcome, detail) = match &result {
-            Ok(t) => ("ok", format!("tokenized {} national codes", t.len())),
-            Err(TokenizeRefusal::Hub(e)) => (e.outcome(), e.to_string()),
-            Err(TokenizeRefusal::Quota(q)) => ("quota_exceeded", q.to_string()),
-        };
-        self.audit(&caller, "events.tokenize", "-", outcome, detail)
-            .await?;
-        match result {
-            Ok(tokens) => Ok(Response::new(TokenizeResponse { tokens })),
-            Err(TokenizeRefusal::Hub(e)) => Err(e.into()),
-            Err(TokenizeRefusal::Quota(q)) => Err(quota_status(&q)),
+            Err(e) => Err(self.refuse(&caller, TOKENIZE, NO_TRACKING, e).await),
         }
     }
 
@@ -527,7 +731,7 @@ impl Events for EventsService {
     ) -> Result<Response<Manifest>, Status> {
         let caller = super::caller(&self.hub, &req)?;
         let GetManifestRequest { day } = req.into_inner();
-        let types = self.subscribed_types(&caller.agency);
+        let types = subscribed_types(&self.hub, &caller.agency);
         if types.is_empty() {
             return Err(HubError::NotAllowed {
                 agency: caller.agency,
@@ -536,29 +740,8 @@ impl Events for EventsService {
             .into());
         }
         let now = jiff::Timestamp::now();
-        let today = JalaliDate::in_tehran(now);
-        let day = if day.is_empty() {
-            JalaliDate::from_civil(
-                today
-                    .to_civil()
-                    .yesterday()
-                    .map_err(|e| HubError::Internal(e.to_string()))?,
-            )
-        } else {
-            day.parse::<JalaliDate>().map_err(|e| {
-                HubError::Invalid(vec![Violation::new(
-                    "day",
-                    format!("`{day}` is not a Jalali date: {e}"),
-                )])
-            })?
-        };
-        if day > today {
-            return Err(HubError::Invalid(vec![Violation::new(
-                "day",
-                format!("{day} is in the future (today in Tehran is {today})"),
-            )])
-            .into());
-        }
+        let day = manifest_day(&day, JalaliDate::in_tehran(now))?;
+        // A day already fixed is served from the store: no publish lock, no flush.
         if let Some(m) = self
             .manifests
             .get(&caller.agency, &day.to_string())
@@ -598,7 +781,12 @@ impl Events for EventsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use std::num::NonZeroU32;
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use crate::events::tokens::QuotaExceeded;
 
     fn ev<'a>(id: &'a str) -> NewEvent<'a> {
         NewEvent {
@@ -623,17 +811,24 @@ mod tests {
             outbox.publish(ev(id)).await.unwrap();
         }
         let (stop, stopping) = watch::channel(false);
+        let (_access_tx, access) = watch::channel(0u64);
         let mut rx = spawn_stream(
             outbox,
             tokens,
-            "cbi".into(),
-            vec!["death.v1".into()],
-            0,
-            stopping,
-            1,
+            StreamSpec {
+                agency: "cbi".into(),
+                wanted: vec!["death.v1".into()],
+                after_sequence: 0,
+                capacity: 1,
+            },
+            StreamEnds {
+                stopping,
+                access,
+                recheck: Box::new(|| Ok(())),
+            },
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while rx.is_empty() {
+        while rx.events.as_ref().is_empty() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the queue fills within 10 s"
@@ -647,12 +842,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let first = rx
-            .recv()
+            .next()
             .await
             .expect("the queued event")
             .expect("an event");
         assert_eq!(first.sequence, 1);
-        let last = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        let last = tokio::time::timeout(Duration::from_secs(10), rx.next())
             .await
             .expect("the stream ends within 10 s")
             .expect("a final status, not a silent end")
@@ -663,7 +858,69 @@ mod tests {
             "{}",
             last.message()
         );
-        assert!(rx.recv().await.is_none(), "nothing after the resume status");
+        assert!(rx.next().await.is_none(), "nothing after the resume status");
+    }
+
+    /// A stream whose caller loses access while its queue is full (the subscriber does
+    /// not read) ends with the refusal ahead of the queued events, and nothing follows.
+    #[tokio::test]
+    async fn refusal_cuts_ahead_of_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Arc::new(Outbox::open(&db).unwrap());
+        let tokens = Arc::new(Tokens::open(&db).unwrap());
+        for id in ["e1", "e2", "e3"] {
+            outbox.publish(ev(id)).await.unwrap();
+        }
+        let (_stop, stopping) = watch::channel(false);
+        let (access_tx, access) = watch::channel(0u64);
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recheck = {
+            let revoked = revoked.clone();
+            Box::new(move || {
+                if revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err(HubError::Revoked {
+                        serial: "0a".into(),
+                    })
+                } else {
+                    Ok(())
+                }
+            })
+        };
+        let mut rx = spawn_stream(
+            outbox,
+            tokens,
+            StreamSpec {
+                agency: "cbi".into(),
+                wanted: vec!["death.v1".into()],
+                after_sequence: 0,
+                capacity: 1,
+            },
+            StreamEnds {
+                stopping,
+                access,
+                recheck,
+            },
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rx.events.as_ref().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the queue fills");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        access_tx.send_modify(|g| *g += 1);
+        // Let the stream task see the change (on this single-threaded runtime it runs at
+        // these yields).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .expect("the stream ends within 10 s")
+            .expect("a refusal, not a silent end")
+            .expect_err("the refusal comes first");
+        assert_eq!(first.code(), Code::Unauthenticated);
+        assert!(rx.next().await.is_none(), "nothing after the refusal");
     }
 
     /// The resume status waits for room in a full queue instead of being dropped.
@@ -700,7 +957,7 @@ mod tests {
             requested: 6,
             retry_after: Some(Duration::from_secs(720)),
         };
-        let s = quota_status(&q);
+        let s = Status::from(HubError::TokenizeQuota(q));
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(
             s.message().contains("10 national codes per hour"),
