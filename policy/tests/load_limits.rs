@@ -120,8 +120,8 @@ fn oversized_source_text_is_refused() {
             subscriptions: None,
         },
     )
-    .err()
-    .expect("refused");
+    .map(|_| ())
+    .expect_err("refused");
     assert_eq!(err.len(), 1, "{err}");
     assert!(err.errors[0].message.contains("at most 4 MiB"), "{err}");
 }
@@ -220,8 +220,8 @@ fn listed_names_are_clipped() {
             subscriptions: None,
         },
     )
-    .err()
-    .expect("refused");
+    .map(|_| ())
+    .expect_err("refused");
     assert_eq!(err.len(), 1, "{err}");
     let m = &err.errors[0].message;
     assert!(m.contains("out18, … and 481 more)"), "{m}");
