@@ -28,7 +28,7 @@ fn tabadol() -> Command {
 
 /// Which stream of the child a line came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum From {
+enum Pipe {
     Stdout,
     Stderr,
 }
@@ -36,8 +36,8 @@ enum From {
 /// A `tabadol dev` child reading its policy from a directory the test edits.
 struct Dev {
     child: Child,
-    lines: mpsc::Receiver<(From, String)>,
-    printed: Vec<(From, String)>,
+    lines: mpsc::Receiver<(Pipe, String)>,
+    printed: Vec<(Pipe, String)>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
     policy: tempfile::TempDir,
@@ -60,10 +60,10 @@ impl Dev {
         let (tx, lines) = mpsc::channel();
         for (from, pipe) in [
             (
-                From::Stdout,
+                Pipe::Stdout,
                 Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             ),
-            (From::Stderr, Box::new(child.stderr.take().unwrap())),
+            (Pipe::Stderr, Box::new(child.stderr.take().unwrap())),
         ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -228,7 +228,7 @@ async fn granted_call(ch: Channel, code: &str, n: usize) -> Result<(), tonic::St
 fn refusals(dev: &Dev) -> Vec<&str> {
     dev.printed
         .iter()
-        .filter(|(from, l)| *from == From::Stderr && l.contains(REFUSED))
+        .filter(|(from, l)| *from == Pipe::Stderr && l.contains(REFUSED))
         .map(|(_, l)| l.as_str())
         .collect()
 }

@@ -57,8 +57,9 @@ fn model_tracking_code(s: &str) -> bool {
 }
 
 type Validator = fn(&str) -> Result<(), IdError>;
+type Model = fn(&str) -> bool;
 
-const VALIDATORS: [(&str, Validator, fn(&str) -> bool); 5] = [
+const VALIDATORS: [(&str, Validator, Model); 5] = [
     ("national code", validate_national_code, model_national_code),
     (
         "legal-entity id",

@@ -71,7 +71,12 @@ fn deep_flow_collections_are_an_error() {
         assert_eq!(errs.len(), 1, "{errs}");
         let e = &errs.errors[0];
         assert_eq!(e.line, 1, "{e}");
-        assert!(e.message.contains("nested more than"), "{e}");
+        // The scanner looks ahead up to 1,024 characters inside flow collections, so its
+        // own flow-level limit may speak first; either way an error with a position.
+        assert!(
+            e.message.contains("nested more than") || e.message.contains("recursion limit"),
+            "{e}"
+        );
     }
 }
 
@@ -115,8 +120,8 @@ fn oversized_source_text_is_refused() {
             subscriptions: None,
         },
     )
-    .err()
-    .expect("refused");
+    .map(|_| ())
+    .expect_err("refused");
     assert_eq!(err.len(), 1, "{err}");
     assert!(err.errors[0].message.contains("at most 4 MiB"), "{err}");
 }
@@ -215,8 +220,8 @@ fn listed_names_are_clipped() {
             subscriptions: None,
         },
     )
-    .err()
-    .expect("refused");
+    .map(|_| ())
+    .expect_err("refused");
     assert_eq!(err.len(), 1, "{err}");
     let m = &err.errors[0].message;
     assert!(m.contains("out18, … and 481 more)"), "{m}");
