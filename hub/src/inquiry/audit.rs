@@ -821,7 +821,7 @@ impl Writer {
         )?;
         let value = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
         self.checkpoints
-            .insert(seq.to_be_bytes(), value)
+            .insert(seq.to_be_bytes(), value.as_slice())
             .map_err(|e| e.to_string())?;
         self.last_checkpoint = seq;
         // Written out only once the store holds the checkpoint on disk: an anchor ahead

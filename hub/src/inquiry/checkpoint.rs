@@ -96,8 +96,8 @@ fn fingerprint(der: &[u8]) -> String {
 /// Reads the first certificate of a PEM file.
 fn read_cert(path: &Path) -> Result<CertificateDer<'static>, CheckpointError> {
     let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
-    rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
+    let first = rustls_pemfile::certs(&mut pem.as_slice()).next();
+    first
         .ok_or_else(|| file_error(path, "holds no PEM certificate"))?
         .map_err(|e| file_error(path, e))
 }
