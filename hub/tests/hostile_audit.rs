@@ -231,9 +231,21 @@ async fn default_audit_loses_at_most_the_last_flush_window() {
     );
 }
 
-/// A hub run in process, stopped cleanly (its shutdown checkpoint signed), with `n`
+/// A hub run in process (in a runtime of its own, dropped afterwards so that nothing
+/// keeps the store open), stopped cleanly (its shutdown checkpoint signed), with `n`
 /// answered inquiries in its log; returns its directory.
 async fn stopped_hub_with_records(n: usize) -> tempfile::TempDir {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = rt.block_on(run_hub_with_records(n));
+        drop(rt);
+        dir
+    })
+    .await
+    .unwrap()
+}
+
+async fn run_hub_with_records(n: usize) -> tempfile::TempDir {
     let hub = TestHub::start().await;
     let (nc, mobile) = hub.alive(0);
     let mut client = ShahkarClient::new(hub.channel("cbi").await);
@@ -270,6 +282,19 @@ fn verify(dir: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Opens a stopped hub's store, waiting (at most 10 s) for sled's background threads of
+/// the stopped hub to let go of its lock.
+fn open_stopped(dir: &Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir.join("store")) {
+            Ok(db) => return db,
+            Err(e) if Instant::now() > deadline => panic!("store still locked: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn log_tree(db: &sled::Db) -> sled::Tree {
     db.open_tree("audit.log").unwrap()
 }
@@ -287,7 +312,7 @@ async fn truncated_tail_behind_a_checkpoint_is_broken() {
         "{text}"
     );
     {
-        let db = sled::open(dir.path().join("store")).unwrap();
+        let db = open_stopped(dir.path());
         let log = log_tree(&db);
         for seq in 6u64..=8 {
             log.remove(seq.to_be_bytes()).unwrap();
@@ -309,7 +334,7 @@ async fn truncated_tail_behind_a_checkpoint_is_broken() {
 async fn rewritten_and_rehashed_record_is_broken() {
     let dir = stopped_hub_with_records(6).await;
     {
-        let db = sled::open(dir.path().join("store")).unwrap();
+        let db = open_stopped(dir.path());
         let log = log_tree(&db);
         let mut prev = String::new();
         for item in log.iter() {
@@ -407,7 +432,7 @@ async fn serve_on(dir: &Path) -> (bool, String) {
 async fn serve_refuses_a_broken_chain() {
     let dir = stopped_hub_with_records(4).await;
     {
-        let db = sled::open(dir.path().join("store")).unwrap();
+        let db = open_stopped(dir.path());
         let log = log_tree(&db);
         let v = log.get(2u64.to_be_bytes()).unwrap().unwrap();
         let mut rec: AuditRecord = serde_json::from_slice(&v).unwrap();
