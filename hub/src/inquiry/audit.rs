@@ -1,17 +1,29 @@
 //! Append-only, hash-chained audit log of every inquiry (R10), stored in sled and written
 //! by one group-commit task: many records per batch, never one fsync per request.
 //!
+//! Durability: with `durable` a call is answered only after its batch is flushed and
+//! fsynced; otherwise a record reaches disk within `flush_every` (200 ms by default) of
+//! its answer. Integrity: the chain makes any altered or removed record visible, and
+//! signed checkpoints ([`crate::inquiry::checkpoint`]) make a cut-off tail or a re-hashed
+//! chain visible too. The log is verified when it is opened; a broken one is refused.
+//!
 //! Records hold who asked what, why, under which tracking code, the outcome and latency —
 //! never response data.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::inquiry::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier,
+};
+
 const TREE_LOG: &str = "audit.log";
 const TREE_BY_TRACKING: &str = "audit.by_tracking";
+const TREE_CHECKPOINTS: &str = "audit.checkpoints";
 /// Most records written in one batch.
 const MAX_BATCH: usize = 1024;
 
@@ -43,7 +55,8 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    fn compute_hash(&self) -> String {
+    /// The chain hash of this record: SHA-256 over its fields and `prev_hash`.
+    pub fn chain_hash(&self) -> String {
         let mut h = Sha256::new();
         for part in [
             self.seq.to_string().as_str(),
@@ -73,11 +86,35 @@ pub enum AuditError {
     Store(#[from] sled::Error),
     #[error("audit record {seq} is unreadable: {message}")]
     Corrupt { seq: u64, message: String },
+    /// The chain or a signed checkpoint says the log was altered at `seq`.
+    #[error("at record {seq}: {message}")]
+    Broken { seq: u64, message: String },
+    /// sled could not read the store's files.
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
     #[error("audit writer has stopped; the hub is shutting down")]
     Closed,
 }
 
-type Job = (AuditRecord, Option<oneshot::Sender<Result<u64, String>>>);
+impl AuditError {
+    /// "BROKEN at record N: why" / "BROKEN: why", for reports.
+    pub fn verdict(&self) -> String {
+        match self {
+            AuditError::Broken { .. } => format!("BROKEN {self}"),
+            other => format!("BROKEN: {other}"),
+        }
+    }
+}
+
+type Done = oneshot::Sender<Result<u64, String>>;
+
+/// What the writer is asked to do.
+enum Job {
+    /// Append a record (and say when it is written, if anybody waits).
+    Record(AuditRecord, Option<Done>),
+    /// Sign a checkpoint over everything appended so far and flush it (shutdown).
+    Checkpoint(oneshot::Sender<Result<Option<Checkpoint>, String>>),
+}
 
 /// Handle to the audit log; cheap to clone.
 #[derive(Clone)]
@@ -85,25 +122,47 @@ pub struct Audit {
     tx: mpsc::Sender<Job>,
     log: sled::Tree,
     by_tracking: sled::Tree,
+    checkpoints: sled::Tree,
 }
 
 /// Audit write settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuditOptions {
-    /// Wait for the batch's fsync before answering a call (slower, survives power loss).
+    /// Answer a call only once its record is on disk: the writer flushes each batch
+    /// (group commit: one flush and one fsync for every record that arrived meanwhile)
+    /// and the callers of that batch wait for it.
     pub durable: bool,
-    /// Flush interval when not durable.
+    /// When not durable: how often written records are flushed. A record is on disk at
+    /// most this long (plus the time one flush takes) after its call was answered.
     pub flush_every: Duration,
+    /// The sled directory; when set, durable flushes also fsync its data file (sled
+    /// itself only uses `sync_file_range`, which survives a crash of the process, not a
+    /// power loss).
+    pub store_dir: Option<PathBuf>,
+    /// Signs checkpoints with the hub's key; without it no checkpoints are made.
+    pub signer: Option<CheckpointSigner>,
+    /// A checkpoint after this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or this long after the last one when records were added since (and at
+    /// shutdown, [`Audit::checkpoint`]).
+    pub checkpoint_every: Duration,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             durable: false,
-            flush_every: Duration::from_millis(200),
+            flush_every: DEFAULT_FLUSH_EVERY,
+            store_dir: None,
+            signer: None,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }
+
+/// Default flush interval when not durable: the loss window of a crash.
+pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 fn tracking_key(agency: &str, tracking: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(agency.len() + tracking.len() + 10);
@@ -121,30 +180,61 @@ fn tracking_prefix(agency: &str, tracking: &str) -> Vec<u8> {
     k
 }
 
+fn key_seq(k: &[u8]) -> u64 {
+    k.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
 impl Audit {
-    /// Opens the log in `db` and starts the writer task.
+    /// Opens the log in `db`, verifies it (the whole hash chain, and the checkpoints:
+    /// their hashes always, their signatures when `opts.signer` is set — those made with
+    /// another certificate are counted, not checked) and starts the writer task. A log
+    /// that does not verify is refused: the hub must not add to a log it cannot vouch for.
     pub fn open(db: &sled::Db, opts: AuditOptions) -> Result<Self, AuditError> {
         let log = db.open_tree(TREE_LOG)?;
         let by_tracking = db.open_tree(TREE_BY_TRACKING)?;
-        let (tx, rx) = mpsc::channel(16 * 1024);
+        let checkpoints = db.open_tree(TREE_CHECKPOINTS)?;
+        let verifier = opts.signer.as_ref().map(CheckpointSigner::verifier);
+        let anchor = opts.store_dir.as_deref().map(anchor_path);
+        let report = guarded(|| {
+            verify_trees(
+                &log,
+                &checkpoints,
+                &VerifyOptions {
+                    verifier: verifier.as_ref(),
+                    strict_signers: false,
+                    anchor: anchor.as_deref(),
+                },
+            )
+        })?;
+        if report.other_signers > 0 {
+            tracing::warn!(
+                message = "audit checkpoints signed with another certificate were not checked; run `tabadol audit verify --cert` with the earlier hub certificates",
+                checkpoints = report.other_signers
+            );
+        }
         let (next_seq, prev_hash) = match log.last()? {
             Some((k, v)) => {
-                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-                let rec: AuditRecord =
-                    serde_json::from_slice(&v).map_err(|e| AuditError::Corrupt {
-                        seq,
-                        message: e.to_string(),
-                    })?;
-                (seq + 1, rec.hash)
+                let seq = key_seq(&k);
+                (seq + 1, decode(seq, &v)?.hash)
             }
             None => (1, "0".repeat(64)),
         };
+        let fsync = match (&opts.store_dir, opts.durable) {
+            (Some(dir), true) => Some(dir.join("db")),
+            _ => None,
+        };
+        let (tx, rx) = mpsc::channel(16 * 1024);
         let writer = Writer {
             db: db.clone(),
             log: log.clone(),
             by_tracking: by_tracking.clone(),
+            checkpoints: checkpoints.clone(),
+            last_checkpoint: report.last_checkpoint.as_ref().map_or(0, |c| c.seq),
             next_seq,
             prev_hash,
+            fsync,
+            anchor,
+            pending_anchor: None,
             opts,
         };
         tokio::spawn(writer.run(rx));
@@ -152,6 +242,7 @@ impl Audit {
             tx,
             log,
             by_tracking,
+            checkpoints,
         })
     }
 
@@ -174,7 +265,7 @@ impl Audit {
             });
         };
         let (done, wait) = oneshot::channel();
-        permit.send((rec, Some(done)));
+        permit.send(Job::Record(rec, Some(done)));
         match wait.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(message)) => Err(AuditError::Corrupt { seq: 0, message }),
@@ -186,7 +277,7 @@ impl Audit {
     /// guard). When the writer's queue is full the record is handed over from a task.
     pub fn append_detached(&self, rec: AuditRecord) {
         use tokio::sync::mpsc::error::TrySendError;
-        match self.tx.try_send((rec, None)) {
+        match self.tx.try_send(Job::Record(rec, None)) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
@@ -201,44 +292,57 @@ impl Audit {
                 }
                 Err(_) => tracing::error!(
                     message = "audit queue full outside the runtime; a record was not written",
-                    inquiry_id = %job.0.inquiry_id
+                    inquiry_id = %job_inquiry(&job)
                 ),
             },
             Err(TrySendError::Closed(job)) => tracing::error!(
                 message = "audit writer stopped; a record was not written",
-                inquiry_id = %job.0.inquiry_id
+                inquiry_id = %job_inquiry(&job)
             ),
+        }
+    }
+
+    /// Signs a checkpoint over every record appended so far and flushes it to disk (the
+    /// hub calls this at shutdown). `None` when no signer is configured or nothing new was
+    /// written since the last checkpoint.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Checkpoint(done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        match wait.await {
+            Ok(Ok(cp)) => Ok(cp),
+            Ok(Err(message)) => Err(AuditError::Corrupt { seq: 0, message }),
+            Err(_) => Err(AuditError::Closed),
         }
     }
 
     /// The trail of one tracking code, as created by `agency` (nobody else's records).
     pub fn trace(&self, agency: &str, tracking: &str) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut out = Vec::new();
-        for item in self
-            .by_tracking
-            .scan_prefix(tracking_prefix(agency, tracking))
-        {
-            let (k, _) = item?;
-            let seq_bytes: [u8; 8] = k[k.len() - 8..].try_into().unwrap_or([0; 8]);
-            if let Some(v) = self.log.get(seq_bytes)? {
-                out.push(decode(u64::from_be_bytes(seq_bytes), &v)?);
-            }
-        }
-        Ok(out)
+        trace_trees(&self.log, &self.by_tracking, agency, tracking)
     }
 
-    /// Walks the whole chain and checks every hash; returns the number of records.
+    /// Walks the whole chain and checks every hash and checkpoint (signatures are not
+    /// checked here; `tabadol audit verify` does); returns the number of records.
     pub fn verify(&self) -> Result<u64, AuditError> {
-        verify_tree(&self.log)
+        let report = verify_trees(&self.log, &self.checkpoints, &VerifyOptions::default())?;
+        Ok(report.records)
     }
 
     /// Iterates over every record in order.
     pub fn iter(&self) -> impl Iterator<Item = Result<AuditRecord, AuditError>> + '_ {
         self.log.iter().map(|item| {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            decode(seq, &v)
+            decode(key_seq(&k), &v)
         })
+    }
+}
+
+fn job_inquiry(job: &Job) -> &str {
+    match job {
+        Job::Record(rec, _) => &rec.inquiry_id,
+        Job::Checkpoint(_) => "-",
     }
 }
 
@@ -249,83 +353,493 @@ fn decode(seq: u64, v: &[u8]) -> Result<AuditRecord, AuditError> {
     })
 }
 
-/// Verifies the hash chain stored in the `audit.log` tree of `db`.
-pub fn verify_db(db: &sled::Db) -> Result<u64, AuditError> {
-    verify_tree(&db.open_tree(TREE_LOG)?)
+fn trace_trees(
+    log: &sled::Tree,
+    by_tracking: &sled::Tree,
+    agency: &str,
+    tracking: &str,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let mut out = Vec::new();
+    for item in by_tracking.scan_prefix(tracking_prefix(agency, tracking)) {
+        let (k, _) = item?;
+        let seq = key_seq(&k[k.len().saturating_sub(8)..]);
+        if let Some(v) = log.get(seq.to_be_bytes())? {
+            out.push(decode(seq, &v)?);
+        }
+    }
+    Ok(out)
 }
 
-fn verify_tree(log: &sled::Tree) -> Result<u64, AuditError> {
+/// The trail of one tracking code in `db` without starting a writer (`tabadol audit
+/// trace`).
+pub fn trace_db(
+    db: &sled::Db,
+    agency: &str,
+    tracking: &str,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    trace_trees(
+        &db.open_tree(TREE_LOG)?,
+        &db.open_tree(TREE_BY_TRACKING)?,
+        agency,
+        tracking,
+    )
+}
+
+/// The hub's store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("the store {path} cannot be opened: {reason}. {hint}")]
+pub struct StoreError {
+    pub path: String,
+    pub reason: String,
+    hint: &'static str,
+}
+
+/// What to do about a store that sled refuses or chokes on.
+const DAMAGED_HINT: &str = "Its files are damaged or are not a sled store: keep them as evidence, \
+     restore the store directory from a backup, and run `tabadol audit verify` on it";
+
+/// Opens (or creates) the sled store in `path`, flushing every `flush_every_ms`. A store
+/// whose files are damaged gives an error saying so — never a panic, even when sled
+/// itself panics on what it reads.
+pub fn open_store(path: &Path, flush_every_ms: Option<u64>) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .flush_every_ms(flush_every_ms);
+    let error = |reason: String, hint| StoreError {
+        path: path.display().to_string(),
+        reason,
+        hint,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(e))) => Err(error(
+            e.to_string(),
+            "Check that the directory exists, is writable by the hub and that no other \
+             process (another hub, `tabadol audit`) has it open",
+        )),
+        Ok(Err(e)) => Err(error(e.to_string(), DAMAGED_HINT)),
+        Err(panic) => Err(error(
+            format!("sled failed reading it ({})", panic_text(&panic)),
+            DAMAGED_HINT,
+        )),
+    }
+}
+
+/// Runs `f` over the store, turning a panic of sled on damaged data into an error.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(AuditError::Damaged(format!(
+            "sled failed reading the store ({}); its files are damaged",
+            panic_text(&panic)
+        )))
+    })
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// How strictly [`verify_db`] checks checkpoint signatures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// The hub certificates to check signatures with; `None`: signatures not checked.
+    pub verifier: Option<&'a CheckpointVerifier>,
+    /// A checkpoint signed by a certificate not in `verifier` is BROKEN (else counted in
+    /// [`VerifyReport::other_signers`]).
+    pub strict_signers: bool,
+    /// The checkpoint file kept outside the store ([`anchor_path`]), when known.
+    pub anchor: Option<&'a Path>,
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Records in the log (1..=records).
+    pub records: u64,
+    /// Signed checkpoints found (each one's hash matched its record).
+    pub checkpoints: u64,
+    /// Of those, how many had their signature checked.
+    pub signatures_checked: u64,
+    /// Checkpoints signed by a certificate that was not given (not checked).
+    pub other_signers: u64,
+    /// The newest checkpoint.
+    pub last_checkpoint: Option<Checkpoint>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records, hash chain verified", self.records)?;
+        match &self.last_checkpoint {
+            None => write!(
+                f,
+                "; no signed checkpoint yet, so a cut-off tail or a re-hashed chain would not be detected"
+            ),
+            Some(cp) => {
+                write!(
+                    f,
+                    "; {} signed checkpoints match the chain ({} signatures verified",
+                    self.checkpoints, self.signatures_checked
+                )?;
+                if self.other_signers > 0 {
+                    write!(
+                        f,
+                        ", {} signed by another certificate not checked",
+                        self.other_signers
+                    )?;
+                }
+                write!(
+                    f,
+                    "); the last checkpoint covers records 1..={} (hash {}, signed {})",
+                    cp.seq,
+                    &cp.hash[..cp.hash.len().min(16)],
+                    cp.time_text()
+                )?;
+                if self.records > cp.seq {
+                    write!(
+                        f,
+                        "; records {}..={} came after it and are covered by the chain only",
+                        cp.seq + 1,
+                        self.records
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Verifies the hash chain and the signed checkpoints stored in `db`.
+pub fn verify_db(db: &sled::Db, opts: &VerifyOptions<'_>) -> Result<VerifyReport, AuditError> {
+    guarded(|| {
+        verify_trees(
+            &db.open_tree(TREE_LOG)?,
+            &db.open_tree(TREE_CHECKPOINTS)?,
+            opts,
+        )
+    })
+}
+
+/// Where the newest checkpoint is also kept, outside sled, for the store in `store`
+/// (`<data_dir>/audit-checkpoint.json`): deleting the checkpoints together with the tail
+/// of the log, or a store that comes back empty from damaged files, still shows.
+pub fn anchor_path(store: &Path) -> PathBuf {
+    store.with_file_name("audit-checkpoint.json")
+}
+
+fn check_signature(
+    cp: &Checkpoint,
+    opts: &VerifyOptions<'_>,
+    report: &mut VerifyReport,
+) -> Result<(), AuditError> {
+    let Some(verifier) = opts.verifier else {
+        return Ok(());
+    };
+    match verifier.verify(cp) {
+        Ok(()) => report.signatures_checked += 1,
+        Err(CheckpointError::UnknownSigner(_)) if !opts.strict_signers => report.other_signers += 1,
+        Err(e) => {
+            return Err(AuditError::Broken {
+                seq: cp.seq,
+                message: format!(
+                    "the checkpoint of {} covering records 1..={}: {e}",
+                    cp.time_text(),
+                    cp.seq
+                ),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn verify_trees(
+    log: &sled::Tree,
+    checkpoints: &sled::Tree,
+    opts: &VerifyOptions<'_>,
+) -> Result<VerifyReport, AuditError> {
+    let mut report = VerifyReport::default();
+    let mut cps: Vec<Checkpoint> = Vec::new();
+    for item in checkpoints.iter() {
+        let (k, v) = item?;
+        let seq = key_seq(&k);
+        let cp: Checkpoint = serde_json::from_slice(&v).map_err(|e| AuditError::Broken {
+            seq,
+            message: format!("the signed checkpoint stored for this record is unreadable: {e}"),
+        })?;
+        if cp.seq != seq {
+            return Err(AuditError::Broken {
+                seq,
+                message: format!(
+                    "the checkpoint stored for this record names record {} (moved or altered)",
+                    cp.seq
+                ),
+            });
+        }
+        check_signature(&cp, opts, &mut report)?;
+        cps.push(cp);
+    }
+    if let Some(path) = opts.anchor.filter(|p| p.exists()) {
+        let cp: Checkpoint = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| AuditError::Broken {
+                seq: 0,
+                message: format!(
+                    "the checkpoint file {} is unreadable ({e}); restore it with the store from a backup",
+                    path.display()
+                ),
+            })?;
+        match cps.binary_search_by_key(&cp.seq, |c| c.seq) {
+            Ok(i) if cps[i] == cp => {}
+            Ok(i) => {
+                return Err(AuditError::Broken {
+                    seq: cp.seq,
+                    message: format!(
+                        "the checkpoint in {} differs from the one in the store (hash {} there, {} in the store): one of them was altered",
+                        path.display(),
+                        cp.hash,
+                        cps[i].hash
+                    ),
+                })
+            }
+            Err(i) => {
+                check_signature(&cp, opts, &mut report)?;
+                cps.insert(i, cp);
+            }
+        }
+    }
+    let mut next_cp = cps.iter().peekable();
+    let mut covered = 0; // seq of the last checkpoint passed
     let mut prev = "0".repeat(64);
-    let mut count = 0;
     for item in log.iter() {
         let (k, v) = item?;
-        let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+        let seq = key_seq(&k);
+        let expected = report.records + 1;
+        if seq != expected {
+            return Err(AuditError::Broken {
+                seq: expected,
+                message: format!(
+                    "record {expected} is missing (the next record in the log is {seq})"
+                ),
+            });
+        }
         let rec = decode(seq, &v)?;
         if rec.prev_hash != prev {
-            return Err(AuditError::Corrupt {
+            return Err(AuditError::Broken {
                 seq,
                 message:
                     "prev_hash does not match the record before it (record removed or reordered)"
                         .into(),
             });
         }
-        if rec.compute_hash() != rec.hash || rec.seq != seq {
-            return Err(AuditError::Corrupt {
+        if rec.chain_hash() != rec.hash || rec.seq != seq {
+            return Err(AuditError::Broken {
                 seq,
                 message: "hash does not match the record's contents (record altered)".into(),
             });
         }
+        if let Some(cp) = next_cp.next_if(|cp| cp.seq == seq) {
+            if cp.hash != rec.hash {
+                return Err(AuditError::Broken {
+                    seq,
+                    message: format!(
+                        "the record does not match the signed checkpoint of {}: a record in {}..={seq} was rewritten and the chain re-hashed after it",
+                        cp.time_text(),
+                        covered + 1
+                    ),
+                });
+            }
+            covered = seq;
+            report.checkpoints += 1;
+        }
         prev = rec.hash;
-        count += 1;
+        report.records += 1;
     }
-    Ok(count)
+    if let Some(cp) = next_cp.last() {
+        let last = report.records;
+        return Err(AuditError::Broken {
+            seq: last + 1,
+            message: format!(
+                "the log ends at record {last}, but the signed checkpoint of {} covers records 1..={}: records {}..={} were cut off the tail",
+                cp.time_text(),
+                cp.seq,
+                last + 1,
+                cp.seq
+            ),
+        });
+    }
+    report.last_checkpoint = cps.pop();
+    Ok(report)
+}
+
+/// Replaces the checkpoint file atomically (write aside, fsync, rename).
+fn write_anchor(path: &Path, value: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(value).and_then(|_| f.sync_data()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    written.map_err(|e| format!("writing the checkpoint file {}: {e}", path.display()))
 }
 
 struct Writer {
     db: sled::Db,
     log: sled::Tree,
     by_tracking: sled::Tree,
+    checkpoints: sled::Tree,
+    /// Sequence of the newest checkpoint (0: none).
+    last_checkpoint: u64,
     next_seq: u64,
     prev_hash: String,
+    /// File fsynced after each durable flush.
+    fsync: Option<PathBuf>,
+    /// Where each new checkpoint is also written ([`anchor_path`]).
+    anchor: Option<PathBuf>,
+    /// The newest checkpoint, to be written to `anchor` after the next flush.
+    pending_anchor: Option<Vec<u8>>,
     opts: AuditOptions,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut flush_tick = tokio::time::interval(self.opts.flush_every);
+        let mut checkpoint_tick = tokio::time::interval(self.opts.checkpoint_every);
+        checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
-                        let _ = self.db.flush_async().await;
+                        if let Err(error) = self.checkpoint() {
+                            tracing::error!(message = "audit checkpoint at shutdown failed", %error);
+                        }
+                        let _ = self.flush().await;
                         return;
                     }
-                    let result = self.write_batch(&mut batch);
-                    let result = match result {
-                        Ok(seqs) if self.opts.durable => {
-                            self.db.flush_async().await.map(|_| seqs).map_err(|e| e.to_string())
-                        }
-                        other => { dirty = true; other }
-                    };
-                    for (i, (_, done)) in batch.drain(..).enumerate() {
-                        if let Some(done) = done {
-                            let _ = done.send(result.as_ref().map(|s| s[i]).map_err(Clone::clone));
-                        }
-                    }
+                    self.handle(&mut batch, &mut dirty).await;
                 }
                 _ = flush_tick.tick(), if dirty => {
-                    if let Err(error) = self.db.flush_async().await {
+                    if let Err(error) = self.flush().await {
                         tracing::error!(message = "audit flush failed", %error);
                     }
                     dirty = false;
+                }
+                _ = checkpoint_tick.tick() => {
+                    match self.checkpoint() {
+                        Ok(Some(_)) => dirty = true,
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(message = "audit checkpoint failed", %error),
+                    }
                 }
             }
         }
     }
 
-    fn write_batch(&mut self, batch: &mut [Job]) -> Result<Vec<u64>, String> {
+    /// Writes the records of one batch, makes the checkpoints due or asked for, flushes
+    /// when durable, then tells every waiting caller.
+    async fn handle(&mut self, batch: &mut Vec<Job>, dirty: &mut bool) {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut asked = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Record(rec, done) => records.push((rec, done)),
+                Job::Checkpoint(done) => asked.push(done),
+            }
+        }
+        let mut result = self.write_batch(&mut records);
+        let due = self.next_seq > self.last_checkpoint + self.opts.checkpoint_every_records;
+        let checkpoint = if result.is_ok() && (due || !asked.is_empty()) {
+            self.checkpoint()
+        } else {
+            Ok(None)
+        };
+        let mut checkpoint = checkpoint.map_err(|e| e.to_string());
+        if let Err(e) = &checkpoint {
+            tracing::error!(message = "audit checkpoint failed", error = %e);
+        }
+        if self.opts.durable || !asked.is_empty() {
+            if let Err(e) = self.flush().await {
+                tracing::error!(message = "audit flush failed", error = %e);
+                result = Err(e.clone());
+                checkpoint = Err(e);
+            }
+        } else {
+            *dirty = true;
+        }
+        for (i, (_, done)) in records.into_iter().enumerate() {
+            if let Some(done) = done {
+                let _ = done.send(result.as_ref().map(|s| s[i]).map_err(Clone::clone));
+            }
+        }
+        for done in asked {
+            let _ = done.send(checkpoint.clone());
+        }
+    }
+
+    /// Flushes sled and, when durable, fsyncs its data file; then writes the checkpoint
+    /// file if a checkpoint was made since.
+    async fn flush(&mut self) -> Result<(), String> {
+        self.flush_store().await?;
+        if let (Some(path), Some(value)) = (&self.anchor, self.pending_anchor.take()) {
+            write_anchor(path, &value)?;
+        }
+        Ok(())
+    }
+
+    async fn flush_store(&self) -> Result<(), String> {
+        self.db.flush_async().await.map_err(|e| e.to_string())?;
+        if let Some(path) = self.fsync.clone() {
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| format!("fsync {}: {e}", path.display()))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    }
+
+    /// Signs and stores a checkpoint over the newest record, if there is a signer and a
+    /// record since the last checkpoint.
+    fn checkpoint(&mut self) -> Result<Option<Checkpoint>, String> {
+        let seq = self.next_seq - 1;
+        let Some(signer) = &self.opts.signer else {
+            return Ok(None);
+        };
+        if seq == 0 || seq == self.last_checkpoint {
+            return Ok(None);
+        }
+        let cp = signer.sign(
+            seq,
+            &self.prev_hash,
+            jiff::Timestamp::now().as_microsecond(),
+        )?;
+        let value = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+        self.checkpoints
+            .insert(seq.to_be_bytes(), value.as_slice())
+            .map_err(|e| e.to_string())?;
+        self.last_checkpoint = seq;
+        // Written out only once the store holds the checkpoint on disk: an anchor ahead
+        // of the store would call a crash's lost window a cut-off tail.
+        self.pending_anchor = Some(value);
+        tracing::info!(
+            message = "audit checkpoint signed",
+            seq,
+            hash = %cp.hash,
+            signer_sha256 = %cp.signer_sha256
+        );
+        Ok(Some(cp))
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &mut [(AuditRecord, Option<Done>)],
+    ) -> Result<Vec<u64>, String> {
         let mut log = sled::Batch::default();
         let mut idx = sled::Batch::default();
         let mut seqs = Vec::with_capacity(batch.len());
@@ -333,7 +847,7 @@ impl Writer {
         for (rec, _) in batch.iter_mut() {
             rec.seq = self.next_seq;
             rec.prev_hash = std::mem::take(&mut self.prev_hash);
-            rec.hash = rec.compute_hash();
+            rec.hash = rec.chain_hash();
             self.prev_hash = rec.hash.clone();
             let value = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
             log.insert(&rec.seq.to_be_bytes(), value);
@@ -343,6 +857,9 @@ impl Writer {
             );
             seqs.push(rec.seq);
             self.next_seq += 1;
+        }
+        if seqs.is_empty() {
+            return Ok(seqs);
         }
         let applied = self
             .log

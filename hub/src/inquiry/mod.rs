@@ -1,5 +1,6 @@
 //! The inquiry path: the pipeline of layers every inquiry runs through, and the audit log.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod layers;
 pub mod pipeline;

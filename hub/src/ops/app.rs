@@ -19,7 +19,8 @@ use crate::events::manifests::{ManifestStore, ManifestTask};
 use crate::events::outbox::Outbox;
 use crate::events::relay::{RelayHandle, RelayOptions};
 use crate::events::tokens::Tokens;
-use crate::inquiry::audit::{Audit, AuditOptions};
+use crate::inquiry::audit::Audit;
+use crate::inquiry::checkpoint::CheckpointSigner;
 use crate::inquiry::pipeline::Hub;
 use crate::ops::config::Config;
 
@@ -70,6 +71,10 @@ impl HubHandle {
                 message = "inquiries still running at shutdown; their audit records may be missing",
                 waited_secs = INQUIRY_DRAIN.as_secs()
             );
+        }
+        // Sign what the log holds now, so cutting records off its tail is detectable.
+        if let Err(error) = self.hub.audit().checkpoint().await {
+            tracing::error!(message = "audit checkpoint at shutdown failed", %error);
         }
         if let Some(relay) = self.relay.take() {
             relay.stop().await;
@@ -132,18 +137,23 @@ pub async fn start(
     .context("tls")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
-    let db = sled::Config::new()
-        .path(cfg.data_dir.join("store"))
-        .flush_every_ms(Some(500))
-        .open()
-        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
-    let audit = Audit::open(
-        &db,
-        AuditOptions {
-            durable: cfg.audit.durable,
-            ..AuditOptions::default()
-        },
-    )?;
+    let store = cfg.data_dir.join("store");
+    let db = crate::inquiry::audit::open_store(&store, Some(500))?;
+    let signer = CheckpointSigner::from_pem_files(&cfg.tls.cert, &cfg.tls.key)
+        .map_err(|e| anyhow::anyhow!("cannot sign audit checkpoints with the hub key: {e}"))?;
+    let audit = Audit::open(&db, cfg.audit.options(&store, signer)).map_err(|e| {
+        anyhow::anyhow!(
+            "the audit log in {} is {}. The hub does not serve on an audit log it \
+             cannot vouch for: run `tabadol audit verify --data-dir {} --cert {}` for the full \
+             report, then restore {} from a backup (or move it aside, keeping it as evidence, \
+             to start a new log)",
+            store.display(),
+            e.verdict(),
+            cfg.data_dir.display(),
+            cfg.tls.cert.display(),
+            store.display()
+        )
+    })?;
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
     hub.set_revoked(revoked);

@@ -137,11 +137,18 @@ pub enum AclFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the audit log.
+    /// Check the hash chain of the audit log and its signed checkpoints (a cut-off tail
+    /// or a rewritten, re-hashed record is reported BROKEN with its sequence number).
     Verify {
-        /// The hub's data_dir (holds `store/`).
+        /// The hub's data_dir (holds `store/`). Stop the hub first: sled lets one
+        /// process open a store.
         #[arg(long, default_value = "./var/dev")]
         data_dir: PathBuf,
+        /// Hub certificate (PEM) whose key signed the checkpoints; repeat it for earlier
+        /// certificates after a key rotation. Default: `<data_dir>/pki/hub.crt` when it
+        /// exists (the `tabadol dev` layout).
+        #[arg(long)]
+        cert: Vec<PathBuf>,
     },
     /// Print the trail of one tracking code of one agency.
     Trace {
@@ -357,33 +364,73 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            let db = sled::open(data_dir.join("store"))?;
-            match crate::inquiry::audit::verify_db(&db) {
-                Ok(n) => {
-                    println!("audit log intact: {n} records, hash chain verified");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("audit log BROKEN: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::Audit(AuditCommand::Verify { data_dir, cert }) => audit_verify(&data_dir, cert),
         Command::Audit(AuditCommand::Trace {
             data_dir,
             agency,
             tracking_code,
         }) => {
-            let db = sled::open(data_dir.join("store"))?;
-            let audit = crate::inquiry::audit::Audit::open(
-                &db,
-                crate::inquiry::audit::AuditOptions::default(),
-            )?;
-            for r in audit.trace(&agency, &tracking_code)? {
+            let db = crate::inquiry::audit::open_store(&data_dir.join("store"), None)?;
+            let trail = crate::inquiry::audit::guarded(|| {
+                crate::inquiry::audit::trace_db(&db, &agency, &tracking_code)
+            })?;
+            for r in trail {
                 println!("{}", serde_json::to_string(&r)?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `tabadol audit verify`: the chain, the checkpoints' hashes and their signatures.
+fn audit_verify(data_dir: &std::path::Path, mut certs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    use crate::inquiry::audit::{open_store, verify_db, VerifyOptions};
+    if certs.is_empty() {
+        let dev = data_dir.join("pki").join("hub.crt");
+        if !dev.is_file() {
+            eprintln!(
+                "audit verify: give the hub certificate with --cert FILE (tls.cert of the hub \
+                 config) to check the checkpoint signatures; {} does not exist",
+                dev.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        certs.push(dev);
+    }
+    let verifier = crate::inquiry::checkpoint::CheckpointVerifier::from_pem_files(&certs[..])?;
+    let store = data_dir.join("store");
+    if !store.is_dir() {
+        eprintln!(
+            "audit verify: {} is not a store directory; give the hub's data_dir with --data-dir",
+            store.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let db = match open_store(&store, None) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("audit log BROKEN: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let anchor = crate::inquiry::audit::anchor_path(&store);
+    let opts = VerifyOptions {
+        verifier: Some(&verifier),
+        strict_signers: true,
+        anchor: Some(&anchor),
+    };
+    match verify_db(&db, &opts) {
+        Ok(report) => {
+            println!("audit log intact: {report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("audit log {}", e.verdict());
+            eprintln!(
+                "restore {} from a backup; keep this copy as evidence",
+                store.display()
+            );
+            Ok(ExitCode::FAILURE)
         }
     }
 }

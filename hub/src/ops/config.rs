@@ -304,13 +304,89 @@ fn default_message_timeout_ms() -> u64 {
 }
 
 /// Audit settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
-    /// Wait for the audit batch to reach disk before answering (default false: group
-    /// commit every 200 ms).
+    /// Answer an inquiry only once its audit record is on disk (flushed and fsynced with
+    /// every other record of its batch: group commit). Default false: records are flushed
+    /// every `flush_every_ms`, so a crash loses at most the records of calls answered in
+    /// the last `flush_every_ms` (plus the time of one flush).
     #[serde(default)]
     pub durable: bool,
+    /// When not durable, how often audit records are flushed to disk (the loss window of
+    /// a crash), in milliseconds; 1 to 10000, default 200.
+    #[serde(default = "default_audit_flush_every_ms")]
+    pub flush_every_ms: u64,
+    /// Sign a checkpoint of the audit chain (last sequence and hash, with the hub's TLS
+    /// key) after this many records; default 1000, at least 1.
+    #[serde(default = "default_checkpoint_every_records")]
+    pub checkpoint_every_records: u64,
+    /// ...or this many seconds after the last checkpoint when records were added since
+    /// (and always at shutdown); default 60, 1 to 86400.
+    #[serde(default = "default_checkpoint_every_secs")]
+    pub checkpoint_every_secs: u64,
+}
+
+fn default_audit_flush_every_ms() -> u64 {
+    crate::inquiry::audit::DEFAULT_FLUSH_EVERY.as_millis() as u64
+}
+
+fn default_checkpoint_every_records() -> u64 {
+    1000
+}
+
+fn default_checkpoint_every_secs() -> u64 {
+    60
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            durable: false,
+            flush_every_ms: default_audit_flush_every_ms(),
+            checkpoint_every_records: default_checkpoint_every_records(),
+            checkpoint_every_secs: default_checkpoint_every_secs(),
+        }
+    }
+}
+
+impl AuditSection {
+    /// Every problem with these settings, as sentences naming the field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !(1..=10_000).contains(&self.flush_every_ms) {
+            out.push(format!(
+                "audit.flush_every_ms: {} is out of range; give 1 to 10000 (milliseconds)",
+                self.flush_every_ms
+            ));
+        }
+        if self.checkpoint_every_records == 0 {
+            out.push("audit.checkpoint_every_records: give at least 1".into());
+        }
+        if !(1..=86_400).contains(&self.checkpoint_every_secs) {
+            out.push(format!(
+                "audit.checkpoint_every_secs: {} is out of range; give 1 to 86400 (seconds)",
+                self.checkpoint_every_secs
+            ));
+        }
+        out
+    }
+
+    /// The audit writer's options for the store in `store`, signing with `signer`.
+    pub fn options(
+        &self,
+        store: &Path,
+        signer: crate::inquiry::checkpoint::CheckpointSigner,
+    ) -> crate::inquiry::audit::AuditOptions {
+        crate::inquiry::audit::AuditOptions {
+            durable: self.durable,
+            flush_every: std::time::Duration::from_millis(self.flush_every_ms.max(1)),
+            store_dir: Some(store.to_owned()),
+            signer: Some(signer),
+            checkpoint_every_records: self.checkpoint_every_records.max(1),
+            checkpoint_every: std::time::Duration::from_secs(self.checkpoint_every_secs.max(1)),
+        }
+    }
 }
 
 /// Every problem found in a configuration file, reported together.
@@ -440,6 +516,7 @@ impl Config {
             k.validate(&mut errors);
         }
         self.limits.validate(&mut errors);
+        errors.extend(self.audit.problems());
         errors.dedup();
         match (errors.is_empty(), policy) {
             (true, Some(p)) => Ok(p),
