@@ -350,7 +350,22 @@ fn transport_reason(e: &reqwest::Error) -> String {
         if let Some(tls) = s.downcast_ref::<rustls::Error>() {
             return tls_reason(tls);
         }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
+        // An HTTP/2 error names no source; its text would include the peer's GOAWAY debug
+        // data (provider text), so only its io error or its reason code is used.
+        let h2 = s.downcast_ref::<h2::Error>();
+        if let Some(h2) = h2.filter(|h| h.get_io().is_none()) {
+            return match h2.reason() {
+                Some(reason) if h2.is_go_away() => {
+                    format!("it closed the HTTP/2 connection ({reason})")
+                }
+                Some(reason) => format!("HTTP/2 stream failed ({reason})"),
+                None => "HTTP/2 exchange failed".into(),
+            };
+        }
+        if let Some(io) = h2
+            .and_then(h2::Error::get_io)
+            .or_else(|| s.downcast_ref::<io::Error>())
+        {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return tls_reason(tls);
             }
