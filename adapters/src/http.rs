@@ -345,11 +345,11 @@ impl Transport {
 /// certificate is not issued by a trusted CA", … Never the provider's text (a certificate's
 /// names, a body) and never the request URL (it holds the subject's identifiers).
 fn transport_reason(e: &reqwest::Error) -> String {
+    if let Some(tls) = e.source().and_then(find_tls) {
+        return tls_reason(tls);
+    }
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-            return tls_reason(tls);
-        }
         // An HTTP/2 error names no source; its text would include the peer's GOAWAY debug
         // data (provider text), so only its io error or its reason code is used.
         let h2 = s.downcast_ref::<h2::Error>();
@@ -377,6 +377,11 @@ fn transport_reason(e: &reqwest::Error) -> String {
                     "connection closed".into()
                 }
                 io::ErrorKind::UnexpectedEof => "connection closed mid-answer".into(),
+                // HTTP/2 keeps only the kind of a TLS alert received after the handshake.
+                io::ErrorKind::InvalidData => "connection failed (invalid data: a TLS alert, \
+                    e.g. the provider refused the hub's client certificate (check its tls.cert \
+                    and tls.key), or a malformed answer)"
+                    .into(),
                 kind => format!("connection failed ({kind})"),
             };
         }
@@ -395,6 +400,21 @@ fn transport_reason(e: &reqwest::Error) -> String {
         Some(cause) => format!("{kind}: {}", error_chain(cause)),
         None => kind.to_owned(),
     }
+}
+
+/// The TLS error somewhere in `e`'s chain, looking inside io errors too (the connector wraps
+/// the handshake's io error in another).
+fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+        let inner: &'a (dyn std::error::Error + 'static) = inner;
+        if let Some(tls) = find_tls(inner) {
+            return Some(tls);
+        }
+    }
+    e.source().and_then(find_tls)
 }
 
 /// Why a TLS handshake with a provider failed, with what to check.

@@ -237,7 +237,7 @@ async fn mutual_tls_with_the_providers_ca_and_the_hubs_certificate() {
         },
     );
     let reason = unavailable_reason(bounded(anonymous.call(req())).await.unwrap_err());
-    assert!(reason.contains("client certificate"), "{reason}");
+    assert!(reason.contains("tls.cert"), "{reason}");
     assert_eq!(sim.requests(), 1, "only the authenticated call was served");
 }
 

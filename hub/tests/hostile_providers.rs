@@ -144,7 +144,7 @@ async fn provider_over_mutual_tls_with_its_own_ca() {
     let status = get_identity(&hub, "TRK-MTLS-0003", &nc).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("nocr") && status.message().contains("client certificate"),
+        status.message().contains("nocr") && status.message().contains("tls.cert"),
         "{}",
         status.message()
     );
@@ -266,7 +266,7 @@ async fn provider_error_text_stays_out_of_statuses_and_audit() {
     let provider = serve_router(router, ANY, None).await.unwrap();
     let hub = hub_with_nocr(provider.base_url(), |_, _| {}).await;
     let mut codes = Vec::new();
-    for i in 0..6 {
+    for i in 0..3 {
         let (nc, _) = hub.alive(i);
         let status = get_identity(&hub, &format!("TRK-TEXT-000{i}"), &nc)
             .await
