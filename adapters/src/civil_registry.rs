@@ -68,6 +68,15 @@ pub struct ErrorDto {
     pub error_message: String,
 }
 
+/// The hub's sentence for an NOCR refusal `errorCode`.
+fn refusal(code: &str) -> &'static str {
+    match code {
+        INVALID_NIN => "NOCR refused the national code as invalid (INVALID_NIN)",
+        "MISSING_TRACKING_CODE" => "NOCR did not receive the tracking code (MISSING_TRACKING_CODE)",
+        _ => "NOCR refused the request with an error code this hub does not know",
+    }
+}
+
 /// `13650412` → `1365/04/12`; `None` unless eight ASCII digits.
 pub fn compact_jalali_to_slashed(s: &str) -> Option<String> {
     (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()))
@@ -122,10 +131,11 @@ impl CivilRegistryAdapter {
                     what: format!("a person with national code {nin}"),
                 }
             }
-            Some(e) => self.http.rejected(
-                &reply,
-                Some(format!("{}: {}", e.error_code, e.error_message)),
-            ),
+            // `errorMessage` (and an unknown `errorCode`) is the provider's text: it is not
+            // passed on to the calling agency, which gets the hub's own sentence.
+            Some(e) => self
+                .http
+                .rejected(&reply, Some(refusal(&e.error_code).to_owned())),
             None if reply.status == StatusCode::NOT_FOUND => self.http.endpoint_missing(&reply),
             None => self.http.rejected(&reply, None),
         })
@@ -141,7 +151,7 @@ impl CivilRegistryAdapter {
         };
         let birth_date = compact_jalali_to_slashed(&p.birth_date).ok_or_else(|| {
             self.http
-                .protocol(format!("birthDate {:?} is not YYYYMMDD", p.birth_date))
+                .protocol("birthDate is not a compact Jalali date YYYYMMDD")
         })?;
         let record = Record::from([
             ("national_code".to_owned(), p.nin),
@@ -165,7 +175,7 @@ impl CivilRegistryAdapter {
             None => String::new(),
             Some(d) => compact_jalali_to_slashed(d).ok_or_else(|| {
                 self.http
-                    .protocol(format!("deathDate {d:?} is not YYYYMMDD"))
+                    .protocol("deathDate is not a compact Jalali date YYYYMMDD")
             })?,
         };
         if !s.is_alive && death_date.is_empty() {

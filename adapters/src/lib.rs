@@ -23,8 +23,14 @@ mod http;
 pub mod shahkar;
 pub mod simulators;
 pub mod tax;
+pub mod tls;
 
 pub use breaker::CircuitConfig;
+pub use http::check_base_url;
+pub use tls::{ClientIdentity, ProviderTls, ProviderTlsFiles, TlsFileError};
+
+/// Largest provider answer body read by default (1 MiB); a larger one is refused, unread.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// One answer row: output field name → value. Field names are the catalog's output names.
 pub type Record = BTreeMap<String, String>;
@@ -145,10 +151,36 @@ pub struct AdapterConfig {
     pub provider: String,
     /// Which protocol the provider speaks.
     pub kind: AdapterKind,
-    /// Base URL, e.g. `http://127.0.0.1:8081` or `https://shahkar.example/gw`.
+    /// Base URL, e.g. `https://shahkar.example/gw`; plain `http://` only on loopback
+    /// ([`check_base_url`]).
     pub base_url: String,
     /// Longest any call to this provider may take.
     pub timeout: Duration,
+    /// Largest answer body read from the provider; a larger answer is `Unavailable`, and is
+    /// never held in memory whole.
+    pub max_body_bytes: usize,
+    /// Whom to trust for the provider's server certificate and which client certificate the
+    /// hub presents (mutual TLS). Default: the web PKI roots, no client certificate.
+    pub tls: ProviderTls,
+}
+
+impl AdapterConfig {
+    /// A config with the default body cap and TLS settings.
+    pub fn new(
+        provider: impl Into<String>,
+        kind: AdapterKind,
+        base_url: impl Into<String>,
+        timeout: Duration,
+    ) -> AdapterConfig {
+        AdapterConfig {
+            provider: provider.into(),
+            kind,
+            base_url: base_url.into(),
+            timeout,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls: ProviderTls::default(),
+        }
+    }
 }
 
 /// An adapter could not be built from its config.
@@ -157,7 +189,8 @@ pub enum ConfigError {
     /// `adapter:` names no known adapter.
     #[error("unknown adapter kind {kind:?}; expected one of shahkar, civil-registry, tax")]
     UnknownKind { kind: String },
-    /// The base URL does not parse or is not http(s).
+    /// The base URL does not parse, is not http(s), or is plain http to a host that is not
+    /// loopback.
     #[error("provider {provider}: base URL {url:?} is not usable: {reason}")]
     BadBaseUrl {
         provider: String,
@@ -167,6 +200,12 @@ pub enum ConfigError {
     /// The timeout is zero.
     #[error("provider {provider}: timeout must be greater than zero")]
     ZeroTimeout { provider: String },
+    /// The body cap is zero.
+    #[error("provider {provider}: max_body_bytes must be greater than zero (default 1048576)")]
+    ZeroBodyCap { provider: String },
+    /// TLS settings were given for a plain-http base URL.
+    #[error("provider {provider}: TLS settings (tls.ca / tls.cert / tls.key) need an https:// base URL, not {url:?}")]
+    TlsWithoutHttps { provider: String, url: String },
     /// The HTTP client could not be created (e.g. TLS roots failed to load).
     #[error("provider {provider}: cannot create HTTP client: {reason}")]
     Client { provider: String, reason: String },

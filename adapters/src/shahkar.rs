@@ -47,6 +47,23 @@ pub struct MatchResponse {
     pub comment: Option<String>,
 }
 
+/// Shahkar's refusal code for a malformed request (e.g. no tracking code).
+pub const MALFORMED: i32 = 600;
+/// Shahkar's refusal code for an invalid national code.
+pub const INVALID_NATIONAL_CODE: i32 = 601;
+/// Shahkar's refusal code for an invalid mobile number.
+pub const INVALID_MOBILE: i32 = 602;
+
+/// The hub's sentence for a Shahkar refusal code.
+fn refusal(code: i32) -> String {
+    match code {
+        MALFORMED => "Shahkar refused the request as malformed (code 600)".into(),
+        INVALID_NATIONAL_CODE => "Shahkar refused the national code as invalid (code 601)".into(),
+        INVALID_MOBILE => "Shahkar refused the mobile number as invalid (code 602)".into(),
+        other => format!("Shahkar refused the request with code {other}"),
+    }
+}
+
 /// The Shahkar adapter.
 pub struct ShahkarAdapter {
     http: Transport,
@@ -90,15 +107,10 @@ impl ShahkarAdapter {
             }) if reply.status.is_success() => Ok(ProviderResponse {
                 records: vec![Record::from([("matched".to_owned(), matched.to_string())])],
             }),
-            Some(MatchResponse {
-                response, comment, ..
-            }) if response != 0 || !reply.status.is_success() => Err(self.http.rejected(
-                &reply,
-                Some(format!(
-                    "Shahkar code {response}: {}",
-                    comment.as_deref().unwrap_or("no comment")
-                )),
-            )),
+            // `comment` is the provider's text: it is not passed on; the numeric code is.
+            Some(MatchResponse { response, .. }) if response != 0 || !reply.status.is_success() => {
+                Err(self.http.rejected(&reply, Some(refusal(response))))
+            }
             _ if reply.status.is_success() => Err(self
                 .http
                 .protocol("Shahkar answer lacks response:0 and a boolean matched")),

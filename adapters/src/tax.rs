@@ -116,9 +116,13 @@ impl TaxAdapter {
                     what: format!("{what} {value}"),
                 });
             }
+            // INTA's `message` is the provider's text: it is not passed on.
             Some(e) => {
-                let message = format!("{}: {}", e.status, e.message.unwrap_or_default());
-                return Err(self.http.rejected(&reply, Some(message)));
+                let message = match e.status.as_str() {
+                    "BAD_REQUEST" => "INTA refused the request as malformed (BAD_REQUEST)",
+                    _ => "INTA refused the request with a status this hub does not know",
+                };
+                return Err(self.http.rejected(&reply, Some(message.to_owned())));
             }
             None if reply.status == StatusCode::NOT_FOUND => {
                 return Err(self.http.endpoint_missing(&reply));
@@ -129,10 +133,10 @@ impl TaxAdapter {
             "ACTIVE" => "active",
             "SUSPENDED" => "suspended",
             "CLOSED" => "closed",
-            other => {
+            _ => {
                 return Err(self
                     .http
-                    .protocol(format!("unknown taxpayer state {other:?}")))
+                    .protocol("taxpayer state is not ACTIVE, SUSPENDED or CLOSED"))
             }
         };
         let record = Record::from([

@@ -84,7 +84,8 @@ async fn malformed_mobile_is_rejected_with_providers_reason() {
     }
 }
 
-/// The tracking code travels as a header: without one the provider refuses the call.
+/// The tracking code travels as a header: without one the provider refuses the call (Shahkar
+/// code 600; its comment is the provider's text and is not passed on).
 #[tokio::test]
 async fn tracking_code_is_sent_to_the_provider() {
     let w = world().await;
@@ -95,7 +96,8 @@ async fn tracking_code_is_sent_to_the_provider() {
     );
     req.tracking_code = String::new();
     let err = w.shahkar.call(req).await.unwrap_err();
-    assert!(err.to_string().contains("X-Tracking-Code"), "{err}");
+    assert!(err.to_string().contains("code 600"), "{err}");
+    assert!(!err.to_string().contains("X-Tracking-Code"), "{err}");
 }
 
 /// Missing inputs and unknown operations fail before any network call, naming what is wrong.

@@ -4,7 +4,10 @@
 //! ([`crate::shahkar`], [`crate::civil_registry`], [`crate::tax`]), requires the
 //! `X-Tracking-Code` header, and can be slowed down ([`SimHandle::set_delay`]) or stopped
 //! ([`SimHandle::shutdown`]: listener and every open connection close, so pooled keep-alive
-//! connections see the provider go down too).
+//! connections see the provider go down too). Each can also be served over TLS, optionally
+//! requiring a client certificate ([`ServerTls`]), like a production provider endpoint; and
+//! [`serve_router`] serves any other router the same way (tests build misbehaving providers
+//! with it).
 
 use std::collections::HashMap;
 use std::io;
@@ -75,9 +78,67 @@ impl Simulators {
     }
 }
 
+/// TLS for a simulator: its server certificate, and the CA that client certificates must
+/// chain to when it requires mutual TLS.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM), leaf first; must name the host clients dial.
+    pub cert_pem: String,
+    /// The server's private key (PEM).
+    pub key_pem: String,
+    /// When set, a client must present a certificate issued by this CA (PEM).
+    pub client_ca_pem: Option<String>,
+}
+
+impl ServerTls {
+    fn acceptor(&self) -> io::Result<tokio_rustls::TlsAcceptor> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("simulator TLS {what}: {e}"),
+            )
+        };
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad("key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("versions", &e))?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots
+                        .add(cert.map_err(|e| bad("client CA", &e))?)
+                        .map_err(|e| bad("client CA", &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad("client verifier", &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("certificate and key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
 /// A running simulator. Dropping it stops the server.
 pub struct SimHandle {
     addr: SocketAddr,
+    tls: bool,
     knobs: Arc<Knobs>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -94,9 +155,10 @@ impl SimHandle {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the adapter's `base_url`.
+    /// `http://127.0.0.1:PORT` (`https://` when served over TLS), the adapter's `base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Make every later response wait `delay` first (zero = answer at once).
@@ -105,7 +167,7 @@ impl SimHandle {
         self.knobs.delay_nanos.store(nanos, Ordering::Relaxed);
     }
 
-    /// How many requests reached a handler so far.
+    /// How many requests reached a simulator handler so far (not counted by [`serve_router`]).
     pub fn requests(&self) -> u64 {
         self.knobs.requests.load(Ordering::Relaxed)
     }
@@ -158,7 +220,7 @@ impl Sim {
 
 /// Start the Shahkar simulator on `addr`.
 pub async fn start_shahkar(ds: Arc<Dataset>, addr: SocketAddr) -> io::Result<SimHandle> {
-    start(addr, ds, |router| {
+    start(addr, ds, None, |router| {
         router.route("/api/shahkar/v1/match", post(shahkar_match))
     })
     .await
@@ -166,17 +228,27 @@ pub async fn start_shahkar(ds: Arc<Dataset>, addr: SocketAddr) -> io::Result<Sim
 
 /// Start the NOCR civil-registry simulator on `addr`.
 pub async fn start_civil_registry(ds: Arc<Dataset>, addr: SocketAddr) -> io::Result<SimHandle> {
-    start(addr, ds, |router| {
-        router
-            .route("/nocr/v2/persons/{nin}", get(nocr_person))
-            .route("/nocr/v2/persons/{nin}/life-status", get(nocr_life_status))
-    })
-    .await
+    start(addr, ds, None, civil_registry_routes).await
+}
+
+/// Start the NOCR civil-registry simulator on `addr`, over TLS.
+pub async fn start_civil_registry_tls(
+    ds: Arc<Dataset>,
+    addr: SocketAddr,
+    tls: ServerTls,
+) -> io::Result<SimHandle> {
+    start(addr, ds, Some(tls), civil_registry_routes).await
+}
+
+fn civil_registry_routes(router: Router<Sim>) -> Router<Sim> {
+    router
+        .route("/nocr/v2/persons/{nin}", get(nocr_person))
+        .route("/nocr/v2/persons/{nin}/life-status", get(nocr_life_status))
 }
 
 /// Start the INTA tax simulator on `addr`.
 pub async fn start_tax(ds: Arc<Dataset>, addr: SocketAddr) -> io::Result<SimHandle> {
-    start(addr, ds, |router| {
+    start(addr, ds, None, |router| {
         router.route("/inta/taxpayers", get(inta_taxpayer))
     })
     .await
@@ -185,34 +257,81 @@ pub async fn start_tax(ds: Arc<Dataset>, addr: SocketAddr) -> io::Result<SimHand
 async fn start(
     addr: SocketAddr,
     ds: Arc<Dataset>,
+    tls: Option<ServerTls>,
     routes: impl FnOnce(Router<Sim>) -> Router<Sim>,
 ) -> io::Result<SimHandle> {
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
     let knobs = Arc::new(Knobs::default());
     let router = routes(Router::new()).with_state(Sim {
         ds,
         knobs: knobs.clone(),
     });
-    let task = tokio::spawn(serve(listener, router));
+    serve_with(router, addr, tls, knobs).await
+}
+
+/// Serve `router` on `addr` (HTTP/1.1 and HTTP/2; over TLS when `tls` is given) with the
+/// simulators' machinery: the handle reports the address and closes every connection on
+/// shutdown or drop.
+pub async fn serve_router(
+    router: Router,
+    addr: SocketAddr,
+    tls: Option<ServerTls>,
+) -> io::Result<SimHandle> {
+    serve_with(router, addr, tls, Arc::new(Knobs::default())).await
+}
+
+async fn serve_with(
+    router: Router,
+    addr: SocketAddr,
+    tls: Option<ServerTls>,
+    knobs: Arc<Knobs>,
+) -> io::Result<SimHandle> {
+    let acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(serve(listener, router, acceptor));
     Ok(SimHandle {
         addr,
+        tls: tls.is_some(),
         knobs,
         task: Mutex::new(Some(task)),
     })
 }
 
+/// How long a simulator waits for a TLS client to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept loop that owns every connection task, so aborting it closes them all.
-async fn serve(listener: TcpListener, router: Router) {
+async fn serve(listener: TcpListener, router: Router, acceptor: Option<tokio_rustls::TlsAcceptor>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let service = TowerToHyperService::new(router.clone());
+                    let acceptor = acceptor.clone();
                     connections.spawn(async move {
                         let builder = auto::Builder::new(TokioExecutor::new());
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        match acceptor {
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Some(acceptor) => {
+                                let handshake =
+                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                                match handshake.await {
+                                    Ok(Ok(tls)) => {
+                                        let _ = builder
+                                            .serve_connection(TokioIo::new(tls), service)
+                                            .await;
+                                    }
+                                    Ok(Err(error)) => tracing::debug!(
+                                        message = "Simulator refused a TLS handshake.",
+                                        %error
+                                    ),
+                                    Err(_) => {}
+                                }
+                            }
+                        }
                     });
                 }
                 Err(error) => {

@@ -32,12 +32,7 @@ pub fn config(kind: AdapterKind, base_url: String, timeout: Duration) -> Adapter
         AdapterKind::CivilRegistry => "nocr",
         AdapterKind::Tax => "inta",
     };
-    AdapterConfig {
-        provider: provider.into(),
-        kind,
-        base_url,
-        timeout,
-    }
+    AdapterConfig::new(provider, kind, base_url, timeout)
 }
 
 pub async fn world() -> World {

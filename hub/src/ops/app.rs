@@ -107,13 +107,21 @@ pub fn build_providers(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<dyn P
             .adapter
             .parse()
             .map_err(|_| anyhow::anyhow!("unknown adapter `{}`", p.adapter))?;
-        let adapter = tabadol_adapters::build(&AdapterConfig {
-            provider: p.provider.clone(),
+        let tls = tabadol_adapters::ProviderTls::read(&p.tls_files()).map_err(|errors| {
+            let all: Vec<String> = errors.iter().map(|e| format!("tls.{e}")).collect();
+            anyhow::anyhow!("provider {}: {}", p.provider, all.join("; "))
+        })?;
+        let mut adapter_cfg = AdapterConfig::new(
+            p.provider.clone(),
             kind,
-            base_url: p.base_url.clone(),
-            timeout: Duration::from_millis(p.timeout_ms),
-        })
-        .map_err(|e| anyhow::anyhow!("provider {}: {e}", p.provider))?;
+            p.base_url.clone(),
+            Duration::from_millis(p.timeout_ms),
+        );
+        adapter_cfg.max_body_bytes = usize::try_from(p.max_body_bytes)
+            .map_err(|_| anyhow::anyhow!("provider {}: max_body_bytes too large", p.provider))?;
+        adapter_cfg.tls = tls;
+        let adapter = tabadol_adapters::build(&adapter_cfg)
+            .map_err(|e| anyhow::anyhow!("provider {}: {e}", p.provider))?;
         out.insert(p.provider.clone(), adapter);
     }
     Ok(out)

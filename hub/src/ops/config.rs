@@ -206,10 +206,64 @@ pub struct ProviderSection {
     /// Per-call timeout in milliseconds (the caller's deadline may be shorter).
     #[serde(default = "default_provider_timeout_ms")]
     pub timeout_ms: u64,
+    /// Largest answer body read from this provider, in bytes (default 1048576); a larger
+    /// answer fails the call as UNAVAILABLE and is never held in memory whole.
+    #[serde(default = "default_provider_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// TLS to this provider (base_url must be https:// to use it).
+    #[serde(default)]
+    pub tls: ProviderTlsSection,
+}
+
+impl ProviderSection {
+    /// A provider entry with the default timeout, body cap and TLS settings.
+    pub fn new(
+        provider: impl Into<String>,
+        adapter: impl Into<String>,
+        base_url: impl Into<String>,
+    ) -> ProviderSection {
+        ProviderSection {
+            provider: provider.into(),
+            adapter: adapter.into(),
+            base_url: base_url.into(),
+            timeout_ms: default_provider_timeout_ms(),
+            max_body_bytes: default_provider_max_body_bytes(),
+            tls: ProviderTlsSection::default(),
+        }
+    }
+
+    /// The TLS files this entry names.
+    pub fn tls_files(&self) -> tabadol_adapters::ProviderTlsFiles<'_> {
+        tabadol_adapters::ProviderTlsFiles {
+            ca: self.tls.ca.as_deref(),
+            cert: self.tls.cert.as_deref(),
+            key: self.tls.key.as_deref(),
+        }
+    }
+}
+
+/// TLS to one provider.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTlsSection {
+    /// PEM file with the provider's CA; when given, only it is trusted for the provider's
+    /// server certificate (not the web PKI roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The hub's client certificate chain (PEM) for mutual TLS to the provider.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_provider_timeout_ms() -> u64 {
     3_000
+}
+
+fn default_provider_max_body_bytes() -> u64 {
+    tabadol_adapters::DEFAULT_MAX_BODY_BYTES as u64
 }
 
 /// Kafka relay settings.
@@ -425,6 +479,14 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         self.tls.crls.iter_mut().for_each(fix);
+        for p in &mut self.providers {
+            for f in [&mut p.tls.ca, &mut p.tls.cert, &mut p.tls.key]
+                .into_iter()
+                .flatten()
+            {
+                fix(f);
+            }
+        }
     }
 
     /// Checks everything that can be checked before binding a port; collects all errors.
@@ -483,14 +545,39 @@ impl Config {
                     p.adapter
                 ));
             }
-            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+            let https = match tabadol_adapters::check_base_url(&p.base_url) {
+                Ok(url) => url.scheme() == "https",
+                Err(reason) => {
+                    errors.push(format!(
+                        "providers[{i}].base_url: `{}` is refused: {reason}",
+                        p.base_url
+                    ));
+                    true
+                }
+            };
+            if p.timeout_ms == 0 {
+                errors.push(format!("providers[{i}].timeout_ms must be above 0"));
+            }
+            if p.max_body_bytes == 0 || usize::try_from(p.max_body_bytes).is_err() {
                 errors.push(format!(
-                    "providers[{i}].base_url: `{}` must start with https:// (or http:// on loopback)",
+                    "providers[{i}].max_body_bytes: {} is not a usable cap; give at least 1 \
+                     (default 1048576)",
+                    p.max_body_bytes
+                ));
+            }
+            let files = p.tls_files();
+            if !files.is_empty() && !https {
+                errors.push(format!(
+                    "providers[{i}].tls: TLS settings need an https:// base_url, not `{}`",
                     p.base_url
                 ));
             }
-            if p.timeout_ms == 0 {
-                errors.push(format!("providers[{i}].timeout_ms must be above 0"));
+            if let Err(tls_errors) = tabadol_adapters::ProviderTls::read(&files) {
+                errors.extend(
+                    tls_errors
+                        .into_iter()
+                        .map(|e| format!("providers[{i}].tls.{e}")),
+                );
             }
             if let Some(j) = self.providers[..i]
                 .iter()
@@ -639,6 +726,50 @@ mod tests {
             "{errs:#?}"
         );
         assert!(has("tls.ca: file"), "{errs:#?}");
+    }
+
+    /// Plain http:// to a host that is not loopback, a zero body cap, TLS files that do not
+    /// exist and TLS on a plain-http URL are all reported together, each naming its field.
+    #[test]
+    fn provider_transport_settings_are_checked() {
+        let cfg = config(
+            "providers:\n\
+             \x20 - { provider: cra, adapter: shahkar, base_url: \"http://shahkar.cra.example\" }\n\
+             \x20 - { provider: nocr, adapter: civil-registry, base_url: \"http://127.0.0.1:8081\", max_body_bytes: 0 }\n\
+             \x20 - provider: inta\n\
+             \x20   adapter: tax\n\
+             \x20   base_url: \"https://api.tax.example\"\n\
+             \x20   tls: { ca: /nonexistent/inta-ca.crt, cert: /nonexistent/hub-client.crt }\n\
+             \x20 - { provider: x, adapter: tax, base_url: \"http://localhost:1\", tls: { ca: /nonexistent/x.crt } }\n",
+        );
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has("providers[0].base_url: `http://shahkar.cra.example` is refused: plain http:// is only allowed to a loopback host"),
+            "{errs:#?}"
+        );
+        assert!(!has("providers[1].base_url"), "{errs:#?}");
+        assert!(
+            has("providers[1].max_body_bytes: 0 is not a usable cap"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[2].tls.ca: cannot read /nonexistent/inta-ca.crt"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[2].tls.key: tls.cert is set but tls.key is not"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[3].tls: TLS settings need an https:// base_url"),
+            "{errs:#?}"
+        );
+        assert!(has("tls.ca: file"), "{errs:#?}");
+        let ok = config("");
+        let p = ProviderSection::new("cra", "shahkar", "https://a");
+        assert_eq!(p.max_body_bytes, 1_048_576);
+        assert!(ok.providers.is_empty());
     }
 
     #[test]

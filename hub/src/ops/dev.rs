@@ -97,24 +97,13 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         .with_context(|| format!("writing {}", samples.display()))?;
     let simulators = Simulators::start(dataset.clone()).await?;
     let providers = vec![
-        ProviderSection {
-            provider: "cra".into(),
-            adapter: "shahkar".into(),
-            base_url: simulators.shahkar.base_url(),
-            timeout_ms: 3_000,
-        },
-        ProviderSection {
-            provider: "nocr".into(),
-            adapter: "civil-registry".into(),
-            base_url: simulators.civil_registry.base_url(),
-            timeout_ms: 3_000,
-        },
-        ProviderSection {
-            provider: "inta".into(),
-            adapter: "tax".into(),
-            base_url: simulators.tax.base_url(),
-            timeout_ms: 3_000,
-        },
+        ProviderSection::new("cra", "shahkar", simulators.shahkar.base_url()),
+        ProviderSection::new(
+            "nocr",
+            "civil-registry",
+            simulators.civil_registry.base_url(),
+        ),
+        ProviderSection::new("inta", "tax", simulators.tax.base_url()),
     ];
     let config = Config {
         listen: opts.listen,
