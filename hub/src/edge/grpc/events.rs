@@ -366,6 +366,15 @@ impl Events for EventsService {
                 event_type: &r#type,
                 national_code: &national_code,
                 date: &date,
+                // Chosen now, from the policy in force at acceptance (defect 12).
+                subscribers: self
+                    .hub
+                    .policy()
+                    .policy
+                    .subscribers_of(&r#type)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
             })
             .await;
         let (ev, duplicate) = match published {
@@ -607,6 +616,7 @@ mod tests {
             event_type: "death.v1",
             national_code: "0012345679",
             date: "1405/08/30",
+            subscribers: vec!["cbi".into()],
         }
     }
 
