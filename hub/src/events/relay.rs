@@ -428,7 +428,7 @@ impl Relay {
         for (seq, agency) in &sent.delivered {
             if let Some((_, d)) = events
                 .iter()
-                .find(|(ev, d)| ev.seq == *seq && d.subscriber() == agency)
+                .find(|(ev, d)| ev.seq == *seq && d.subscriber() == agency.as_str())
             {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(message = "replayed dead letter delivered", sequence = seq, subscriber = %agency, topic = %d.topic);
@@ -442,7 +442,7 @@ impl Relay {
         for f in &sent.permanent {
             if let Some((_, d)) = events
                 .iter()
-                .find(|(ev, d)| ev.seq == f.seq && d.subscriber() == f.agency)
+                .find(|(ev, d)| ev.seq == f.seq && d.subscriber() == f.agency.as_str())
             {
                 tracing::error!(message = "replayed dead letter failed permanently again; dead-lettered", sequence = f.seq, subscriber = %f.agency, topic = %f.topic, reason = %f.reason, action = f.action);
                 self.outbox
@@ -510,8 +510,8 @@ impl Relay {
                     r#type: &ty,
                     subject: &token,
                     dataschema: "tabadol.v1.Event",
-                    time: Some(&time),
-                    sequence: Some(&seq),
+                    time: Some(time.as_str()),
+                    sequence: Some(seq.as_str()),
                 }
                 .headers();
                 let record = FutureRecord::to(&t)

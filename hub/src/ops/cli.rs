@@ -513,7 +513,7 @@ fn dead_letters(cmd: DeadLettersCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            let moved = outbox.replay(if all { None } else { Some(&seqs) })?;
+            let moved = outbox.replay(if all { None } else { Some(seqs.as_slice()) })?;
             for d in &moved {
                 println!("replay {}", line(d));
             }

@@ -358,6 +358,16 @@ impl Events for EventsService {
             .await?;
             return Err(e.into());
         }
+        // Subscribers are chosen now, from the policy in force at acceptance, and stored
+        // with the event: the relay delivers to exactly them (defect 12).
+        let subscribers: Vec<String> = self
+            .hub
+            .policy()
+            .policy
+            .subscribers_of(&r#type)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let published = self
             .outbox
             .publish(NewEvent {
@@ -366,15 +376,7 @@ impl Events for EventsService {
                 event_type: &r#type,
                 national_code: &national_code,
                 date: &date,
-                // Chosen now, from the policy in force at acceptance (defect 12).
-                subscribers: self
-                    .hub
-                    .policy()
-                    .policy
-                    .subscribers_of(&r#type)
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
+                subscribers,
             })
             .await;
         let (ev, duplicate) = match published {
