@@ -1574,7 +1574,7 @@ async fn topic_authorization_gap_loses_no_event() {
     }
     let text_log = child.log();
     assert!(
-        !text_log.contains("dead-lettered"),
+        !text_log.contains("failed permanently"),
         "an ACL gap dead-letters nothing"
     );
     let alerts = text_log

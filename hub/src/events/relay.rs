@@ -112,6 +112,7 @@ pub fn spawn(
         tokens,
         hub,
         counters: counters.clone(),
+        given_up: HashSet::new(),
         stop: stop_rx,
     };
     let task = tokio::spawn(relay.run());
@@ -133,6 +134,9 @@ struct Relay {
     tokens: Arc<Tokens>,
     hub: Arc<Hub>,
     counters: Arc<Counters>,
+    /// Copies (sequence, agency) beyond the cursor already dead-lettered: not sent again
+    /// when their event is retried for another copy's sake.
+    given_up: HashSet<(u64, String)>,
     stop: watch::Receiver<bool>,
 }
 
@@ -355,8 +359,14 @@ impl Relay {
     /// Sends one batch; returns how far everything is handled.
     async fn round(&mut self, batch: &[StoredEvent]) -> Round {
         let start = batch[0].seq.saturating_sub(1);
-        let plan: Vec<(&StoredEvent, Vec<String>)> =
-            batch.iter().map(|ev| (ev, self.subscribers(ev))).collect();
+        let plan: Vec<(&StoredEvent, Vec<String>)> = batch
+            .iter()
+            .map(|ev| {
+                let mut subs = self.subscribers(ev);
+                subs.retain(|a| !self.given_up.contains(&(ev.seq, a.clone())));
+                (ev, subs)
+            })
+            .collect();
         let sent = match self.send(&plan).await {
             Ok(s) => s,
             Err(reason) => return Round::Retry(start, reason),
@@ -370,9 +380,12 @@ impl Relay {
             .as_ref()
             .map(|(s, _)| s - 1)
             .unwrap_or(last);
+        self.given_up.retain(|(seq, _)| *seq > handled_to);
         for f in sent.permanent {
+            // A permanent failure is final whatever became of the other copies: kept now,
+            // and not sent again when its event is retried for another copy.
             if f.seq > handled_to {
-                continue; // will be retried with its event anyway
+                self.given_up.insert((f.seq, f.agency.clone()));
             }
             tracing::error!(
                 message = "kafka delivery failed permanently; dead-lettered",
