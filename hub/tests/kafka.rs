@@ -1737,9 +1737,9 @@ async fn subscribers_are_those_at_acceptance_across_an_outage() {
     let ncs = persons(&hub, 3);
     let mut nocr = events(&hub, "nocr").await;
     let mut before = HashSet::new();
-    for i in 0..3 {
+    for (i, nc) in ncs.iter().enumerate() {
         before.insert(
-            publish(&mut nocr, &format!("b-{i}"), "death.v1", &ncs[i])
+            publish(&mut nocr, &format!("b-{i}"), "death.v1", nc)
                 .await
                 .1,
         );
@@ -1768,9 +1768,9 @@ async fn subscribers_are_those_at_acceptance_across_an_outage() {
         .subscribers_of("death.v1")
         .contains(&"cbi"));
     let mut after = HashSet::new();
-    for i in 0..2 {
+    for (i, nc) in ncs.iter().take(2).enumerate() {
         after.insert(
-            publish(&mut nocr, &format!("a-{i}"), "death.v1", &ncs[i])
+            publish(&mut nocr, &format!("a-{i}"), "death.v1", nc)
                 .await
                 .1,
         );
