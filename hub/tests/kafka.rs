@@ -107,6 +107,8 @@ struct Broker {
     hold: PortHold,
     child: Option<Child>,
     log: PathBuf,
+    /// The port advertised to clients, when not its own (a [`Gate`] in front of it).
+    advertised: Option<u16>,
 }
 
 fn tansu() -> PathBuf {
@@ -131,6 +133,7 @@ impl Broker {
             hold,
             child: None,
             log,
+            advertised: None,
         }
     }
 
@@ -171,6 +174,10 @@ impl Broker {
     async fn try_run(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.hold.port);
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            self.advertised.unwrap_or(self.hold.port)
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -184,7 +191,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .stdout(out)
             .stderr(log)
@@ -1218,4 +1225,596 @@ async fn dev_with_kafka_feeds_the_subscriber_example() {
     send_signal(&dev, "INT");
     let status = wait_exit(&mut dev, Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "dev exit: {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A gate in front of the broker, for refusals tansu cannot make (it has no ACLs).
+
+/// Kafka's TOPIC_AUTHORIZATION_FAILED: brokers whose ACLs deny the hub writing the topic.
+const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// Kafka's MESSAGE_TOO_LARGE: brokers that refuse the record for good.
+const MESSAGE_TOO_LARGE: i16 = 10;
+
+/// Every client reaches the broker through the gate (the broker advertises the gate's
+/// port). While it refuses, the gate answers each Produce request itself with one Kafka
+/// error code for every partition, as brokers that deny the hub (or refuse the records)
+/// would; those records never reach the broker. Everything else passes unchanged.
+struct Gate {
+    port: u16,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicI16>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    /// A gate on a fresh loopback port in front of the broker on `upstream`.
+    async fn start(upstream: u16) -> Gate {
+        use std::sync::atomic::{AtomicI16, AtomicU64};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refuse = std::sync::Arc::new(AtomicI16::new(0));
+        let refused = std::sync::Arc::new(AtomicU64::new(0));
+        let (r, n) = (refuse.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(gate_connection(client, upstream, r.clone(), n.clone()));
+            }
+        });
+        Gate {
+            port,
+            refuse,
+            refused,
+            task,
+        }
+    }
+
+    /// Refuses every Produce with `code` from now on; 0 lets them through again.
+    fn refuse(&self, code: i16) {
+        self.refuse.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Produce requests refused so far.
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A broker behind a gate, both running.
+async fn gated_broker() -> (Broker, Gate) {
+    let mut broker = Broker::reserve();
+    let gate = Gate::start(broker.hold.port).await;
+    broker.advertised = Some(gate.port);
+    broker.run().await;
+    (broker, gate)
+}
+
+async fn read_frame(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.ok()?;
+    let n = i32::from_be_bytes(len);
+    if !(0..=64 << 20).contains(&n) {
+        return None;
+    }
+    let mut frame = len.to_vec();
+    frame.resize(4 + n as usize, 0);
+    r.read_exact(&mut frame[4..]).await.ok()?;
+    Some(frame)
+}
+
+async fn gate_connection(
+    client: tokio::net::TcpStream,
+    upstream: u16,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicI16>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::AsyncWriteExt as _;
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let (mut cr, cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let cw = std::sync::Arc::new(tokio::sync::Mutex::new(cw));
+    let back = {
+        let cw = cw.clone();
+        async move {
+            while let Some(frame) = read_frame(&mut sr).await {
+                if cw.lock().await.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let forth = async move {
+        while let Some(frame) = read_frame(&mut cr).await {
+            let code = refuse.load(SeqCst);
+            if code != 0 {
+                if let Some(answer) = produce_refusal(&frame[4..], code) {
+                    refused.fetch_add(1, SeqCst);
+                    if cw.lock().await.write_all(&answer).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if sw.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = back => {},
+        _ = forth => {},
+    }
+}
+
+/// A cursor over a Kafka request.
+struct Cur<'a>(&'a [u8]);
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn uvarint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// A compact (flexible) or classic length: `None` for null.
+    fn len(&mut self, flex: bool, classic16: bool) -> Option<Option<usize>> {
+        let n: i64 = if flex {
+            self.uvarint()? as i64 - 1
+        } else if classic16 {
+            i64::from(self.i16()?)
+        } else {
+            i64::from(self.i32()?)
+        };
+        Some((n >= 0).then_some(n as usize))
+    }
+    fn skip_tags(&mut self) -> Option<()> {
+        for _ in 0..self.uvarint()? {
+            self.uvarint()?;
+            let n = self.uvarint()? as usize;
+            self.take(n)?;
+        }
+        Some(())
+    }
+}
+
+fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The answer to a Produce request (v3 to v12) refusing every partition with `code`, or
+/// `None` when `req` is another request.
+fn produce_refusal(req: &[u8], code: i16) -> Option<Vec<u8>> {
+    let mut c = Cur(req);
+    if c.i16()? != 0 {
+        return None;
+    }
+    let v = c.i16()?;
+    if !(3..=12).contains(&v) {
+        return None;
+    }
+    let corr = c.i32()?;
+    let flex = v >= 9;
+    // Request header: client id (always a classic string), then tags when flexible.
+    if let Some(n) = c.len(false, true)? {
+        c.take(n)?;
+    }
+    if flex {
+        c.skip_tags()?;
+    }
+    if let Some(n) = c.len(flex, true)? {
+        c.take(n)?; // transactional id
+    }
+    c.i16()?; // acks
+    c.i32()?; // timeout
+    let mut out = corr.to_be_bytes().to_vec();
+    if flex {
+        out.push(0);
+    }
+    let topics = c.len(flex, false)?.unwrap_or(0);
+    let put_len = |out: &mut Vec<u8>, n: usize| {
+        if flex {
+            put_uvarint(out, n as u64 + 1)
+        } else {
+            out.extend((n as i32).to_be_bytes())
+        }
+    };
+    put_len(&mut out, topics);
+    for _ in 0..topics {
+        let name = c.len(flex, true)?.and_then(|n| c.take(n))?;
+        if flex {
+            put_uvarint(&mut out, name.len() as u64 + 1);
+        } else {
+            out.extend((name.len() as i16).to_be_bytes());
+        }
+        out.extend_from_slice(name);
+        let parts = c.len(flex, false)?.unwrap_or(0);
+        put_len(&mut out, parts);
+        for _ in 0..parts {
+            let index = c.i32()?;
+            if let Some(n) = c.len(flex, false)? {
+                c.take(n)?; // records
+            }
+            if flex {
+                c.skip_tags()?;
+            }
+            out.extend(index.to_be_bytes());
+            out.extend(code.to_be_bytes());
+            out.extend((-1i64).to_be_bytes()); // base offset
+            out.extend((-1i64).to_be_bytes()); // log append time
+            out.extend((-1i64).to_be_bytes()); // log start offset
+            if v >= 8 {
+                if flex {
+                    out.extend([1, 0]); // no record errors, null message
+                } else {
+                    out.extend(0i32.to_be_bytes());
+                    out.extend((-1i16).to_be_bytes());
+                }
+            }
+            if flex {
+                out.push(0);
+            }
+        }
+        if flex {
+            c.skip_tags()?;
+            out.push(0);
+        }
+    }
+    out.extend(0i32.to_be_bytes()); // throttle time
+    if flex {
+        out.push(0);
+    }
+    let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+    frame.extend(out);
+    Some(frame)
+}
+
+/// Runs the `tabadol` binary with `args`.
+fn tabadol(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tabadol"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run tabadol")
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The brokers deny the hub writing its topics for a while (an ACL gap): the events
+/// accepted meanwhile wait in the outbox (retried, one alert per topic naming the ACL to
+/// add, nothing dead-lettered) and every one reaches the subscriber once writes are
+/// allowed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_authorization_gap_loses_no_event() {
+    let harness = TestHub::start().await;
+    let (_broker, gate) = gated_broker().await;
+    gate.refuse(TOPIC_AUTHORIZATION_FAILED);
+    let hub_port = PortHold::new();
+    let config = child_config(&harness, "hub", hub_port.port, &gate.addr());
+    let log = harness.dir.path().join("child.log");
+    let mut child = ChildHub::spawn(&config, hub_port.port, &log).await;
+
+    const N: usize = 6;
+    let ncs = persons(&harness, 3);
+    let mut nocr = child_client(&harness, hub_port.port, "nocr");
+    let mut acked = Vec::new();
+    for i in 0..N {
+        acked.push(publish(&mut nocr, &format!("gap-{i}"), "death.v1", &ncs[i % 3]).await);
+    }
+    child
+        .wait_log(
+            "kafka denies the hub writing a topic",
+            Duration::from_secs(60),
+        )
+        .await;
+    // Keep the gap open over several retry rounds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gate.refused() < 4 {
+        assert!(Instant::now() < deadline, "the relay stopped retrying");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gate.refuse(0);
+
+    let want: HashSet<String> = acked.iter().map(|(_, id)| id.clone()).collect();
+    let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
+    let subscribers = policy.subscribers_of("death.v1");
+    for agency in ["cbi", "ihio"] {
+        let c = topic_reader(
+            &gate.addr(),
+            &format!("tabadol.death.v1.{agency}"),
+            Duration::from_secs(60),
+        )
+        .await;
+        let got = read_until(&c, Duration::from_secs(60), |r| distinct_ids(r).len() >= N).await;
+        assert_eq!(
+            distinct_ids(&got),
+            want,
+            "{agency} got every event of the gap"
+        );
+    }
+    let text_log = child.log();
+    assert!(
+        !text_log.contains("failed permanently"),
+        "an ACL gap dead-letters nothing"
+    );
+    let alerts = text_log
+        .matches("kafka denies the hub writing a topic")
+        .count();
+    eprintln!(
+        "ACL gap: {} produce requests refused, {alerts} alert line(s) for {} topics, {N} of {N} events delivered",
+        gate.refused(),
+        subscribers.len()
+    );
+    assert!(
+        alerts <= subscribers.len(),
+        "alerts are rate-limited per topic: {alerts} lines for {} topics",
+        subscribers.len()
+    );
+    assert!(
+        text_log.contains("--operation Write --topic tabadol. --resource-pattern-type prefixed"),
+        "the alert names the ACL to add"
+    );
+    child.sigkill();
+    let out = tabadol(&[
+        "events",
+        "dead-letters",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("no dead letters"), "{stdout}");
+}
+
+/// `tabadol events dead-letters list|replay` on a stopped hub's store: copies the brokers
+/// refused for good (message too large) are listed with sequence, subscriber, topic, time
+/// and reason, never the national code; a running hub's store is refused with a sentence
+/// saying it is locked; replay puts them back and the restarted hub's relay delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_and_replayed_by_the_cli() {
+    let harness = TestHub::start().await;
+    let (_broker, gate) = gated_broker().await;
+    gate.refuse(MESSAGE_TOO_LARGE);
+    let hub_port = PortHold::new();
+    let config = child_config(&harness, "hub", hub_port.port, &gate.addr());
+    let cfg = config.to_str().unwrap().to_owned();
+    let log = harness.dir.path().join("child.log");
+    let mut child = ChildHub::spawn(&config, hub_port.port, &log).await;
+
+    let nc = persons(&harness, 1).remove(0);
+    let mut nocr = child_client(&harness, hub_port.port, "nocr");
+    let (seq, id) = publish(&mut nocr, "too-large", "death.v1", &nc).await;
+    let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
+    let subscribers = policy.subscribers_of("death.v1").len();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child
+        .log()
+        .matches("kafka delivery failed permanently; dead-lettered")
+        .count()
+        < subscribers
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every copy was dead-lettered; log:\n{}",
+            child.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = tabadol(&["events", "dead-letters", "list", "--config", &cfg]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("locked by a running hub") && stderr.contains("stop the hub"),
+        "{stderr}"
+    );
+
+    gate.refuse(0);
+    child.sigkill();
+    let out = tabadol(&["events", "dead-letters", "list", "--config", &cfg]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("tabadol.death.v1."))
+        .collect();
+    assert_eq!(rows.len(), subscribers, "{stdout}");
+    let cbi = rows
+        .iter()
+        .find(|l| l.contains("tabadol.death.v1.cbi"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cols: Vec<&str> = cbi.split_whitespace().collect();
+    assert_eq!(cols[0], seq.to_string(), "{cbi}");
+    assert_eq!(cols[1], "cbi", "{cbi}");
+    assert!(cols[3].starts_with("20"), "time: {cbi}");
+    assert!(cbi.to_lowercase().contains("too large"), "reason: {cbi}");
+    assert!(!stdout.contains(&nc), "the national code is never shown");
+
+    let out = tabadol(&[
+        "events",
+        "dead-letters",
+        "replay",
+        "--config",
+        &cfg,
+        &(seq + 100).to_string(),
+    ]);
+    assert!(!out.status.success(), "an unknown sequence is refused");
+    assert!(text(&out).1.contains("no dead letter for sequence"));
+    let out = tabadol(&[
+        "events",
+        "dead-letters",
+        "replay",
+        "--config",
+        &cfg,
+        "--all",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("{subscribers} dead letter(s) put back")),
+        "{stdout}"
+    );
+    let out = tabadol(&["events", "dead-letters", "list", "--config", &cfg]);
+    assert!(text(&out).0.contains("no dead letters"));
+
+    let child = ChildHub::spawn(&config, hub_port.port, &log).await;
+    for agency in ["cbi", "ihio"] {
+        let c = topic_reader(
+            &gate.addr(),
+            &format!("tabadol.death.v1.{agency}"),
+            Duration::from_secs(60),
+        )
+        .await;
+        let got = read_until(&c, Duration::from_secs(60), |r| {
+            distinct_ids(r).contains(&id)
+        })
+        .await;
+        assert!(
+            distinct_ids(&got).contains(&id),
+            "{agency} got the replayed event"
+        );
+    }
+    child
+        .wait_log("replayed dead letter delivered", Duration::from_secs(30))
+        .await;
+}
+
+/// Subscribers are chosen when an event is accepted: one removed from the policy during a
+/// Kafka outage still gets the events accepted while it was subscribed, and one added
+/// during the outage gets only those accepted after it was added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_are_those_at_acceptance_across_an_outage() {
+    // Not running yet: everything waits in the outbox.
+    let mut broker = Broker::reserve();
+    let policy = common::copy_policy();
+    let hub = TestHub::start_configured(
+        Some((&broker.addr(), 2000)),
+        policy.path().to_owned(),
+        |_, _| {},
+    )
+    .await;
+    let ncs = persons(&hub, 3);
+    let mut nocr = events(&hub, "nocr").await;
+    let mut before = HashSet::new();
+    for (i, nc) in ncs.iter().enumerate() {
+        before.insert(
+            publish(&mut nocr, &format!("b-{i}"), "death.v1", nc)
+                .await
+                .1,
+        );
+    }
+    // cbi leaves, rcs joins.
+    let path = policy.path().join("subscriptions.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = yaml.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("- agency: cbi"))
+        .unwrap();
+    let approved = lines[at + 2].to_owned();
+    lines.drain(at..at + 3);
+    let mut edited = lines.join("\n");
+    edited.push_str(&format!(
+        "\n  - agency: rcs\n    event_types: [death.v1]\n{approved}\n"
+    ));
+    std::fs::write(&path, edited).unwrap();
+    assert!(tabadol_hub::ops::app::reload_policy(&hub.handle.hub, policy.path()).await);
+    assert!(!hub
+        .handle
+        .hub
+        .policy()
+        .policy
+        .subscribers_of("death.v1")
+        .contains(&"cbi"));
+    let mut after = HashSet::new();
+    for (i, nc) in ncs.iter().take(2).enumerate() {
+        after.insert(
+            publish(&mut nocr, &format!("a-{i}"), "death.v1", nc)
+                .await
+                .1,
+        );
+    }
+
+    broker.run().await;
+    wait_relayed(&hub, 5, Duration::from_secs(90)).await;
+    for (agency, want) in [("cbi", &before), ("rcs", &after)] {
+        let c = topic_reader(
+            &broker.addr(),
+            &format!("tabadol.death.v1.{agency}"),
+            Duration::from_secs(30),
+        )
+        .await;
+        let mut got = Vec::new();
+        read_until_quiet(
+            &c,
+            &mut got,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        )
+        .await;
+        eprintln!(
+            "{agency}: {} of {} events accepted while subscribed, {} others",
+            distinct_ids(&got).intersection(want).count(),
+            want.len(),
+            distinct_ids(&got).difference(want).count()
+        );
+        assert_eq!(&distinct_ids(&got), want, "{agency}");
+    }
+    let ihio = topic_reader(
+        &broker.addr(),
+        "tabadol.death.v1.ihio",
+        Duration::from_secs(30),
+    )
+    .await;
+    let got = read_until(&ihio, Duration::from_secs(30), |r| {
+        distinct_ids(r).len() >= 5
+    })
+    .await;
+    assert_eq!(
+        distinct_ids(&got).len(),
+        5,
+        "an unchanged subscriber gets all"
+    );
+    hub.stop().await;
 }

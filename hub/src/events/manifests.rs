@@ -8,10 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tabadol_policy::jalali::JalaliDate;
@@ -23,6 +19,9 @@ use crate::events::outbox::Outbox;
 use crate::events::relay::RelayOptions;
 use crate::events::tokens::Tokens;
 use crate::inquiry::pipeline::Hub;
+use crate::kafka::admin::Topics;
+use crate::kafka::cloudevents::Attributes;
+use crate::kafka::failure::{hint_of, Alerts};
 
 const TREE: &str = "manifests";
 
@@ -251,8 +250,9 @@ impl ManifestTask {
 
 struct KafkaOut {
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
-    opts: RelayOptions,
+    /// Manifest topics, one partition each (one record per subscriber and day).
+    topics: Topics,
+    alerts: Alerts,
 }
 
 /// Starts the daily task: closes yesterday (and up to a week back) at once, then every
@@ -264,16 +264,14 @@ pub fn spawn(
     store: Arc<ManifestStore>,
     kafka: Option<RelayOptions>,
 ) -> anyhow::Result<ManifestTask> {
-    let kafka = match kafka {
+    let mut kafka = match kafka {
         Some(opts) => {
-            let producer = crate::events::relay::producer(&opts, "tabadol-hub-manifests")
-                .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
-            let admin = crate::events::relay::admin(&opts, "tabadol-hub-manifests-admin")
-                .map_err(|e| anyhow::anyhow!("kafka.brokers `{}`: {e}", opts.brokers))?;
+            let (producer, admin) =
+                crate::kafka::producer::clients(&opts, "tabadol-hub-manifests")?;
             Some(KafkaOut {
                 producer,
-                admin,
-                opts,
+                topics: Topics::new(admin, &opts, 1),
+                alerts: Alerts::new(opts.alert_every),
             })
         }
         None => None,
@@ -321,7 +319,7 @@ pub fn spawn(
             }
             catch_up = false;
             let mut pending = false;
-            if let Some(k) = &kafka {
+            if let Some(k) = &mut kafka {
                 pending = !deliver(k, &store).await;
             }
             let until_close = until(next_close, jiff::Timestamp::now());
@@ -341,7 +339,7 @@ pub fn spawn(
 }
 
 /// Produces every undelivered manifest; true when none is left.
-async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
+async fn deliver(k: &mut KafkaOut, store: &ManifestStore) -> bool {
     let pending = match store.undelivered() {
         Ok(p) => p,
         Err(e) => {
@@ -352,65 +350,35 @@ async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
     if pending.is_empty() {
         return true;
     }
-    let mut topics: Vec<String> = pending.iter().map(|m| topic(&m.agency)).collect();
-    topics.sort();
-    topics.dedup();
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(k.opts.topic_replication)))
-        .collect();
-    let admin_opts = AdminOptions::new()
-        .operation_timeout(Some(k.opts.message_timeout))
-        .request_timeout(Some(k.opts.message_timeout));
-    match k.admin.create_topics(new.iter(), &admin_opts).await {
-        Ok(results) => {
-            for r in results {
-                if let Err((t, code)) = r {
-                    if code != RDKafkaErrorCode::TopicAlreadyExists {
-                        tracing::warn!(message = "cannot create a manifest topic", topic = %t, error = %code);
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(message = "kafka unreachable; manifests will be retried", error = %e);
+    let topics: Vec<String> = pending.iter().map(|m| topic(&m.agency)).collect();
+    let refused = match k.topics.ensure(&topics, &k.producer, &mut k.alerts).await {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::warn!(message = "manifest topics not ready; manifests will be retried", reason = %reason);
+            k.topics.forget_all();
             return false;
         }
-    }
+    };
     let mut all = true;
     for m in pending {
+        let t = topic(&m.agency);
+        if refused.contains(&t) {
+            // Kept in the store (and served by Events/GetManifest); retried every round.
+            all = false;
+            continue;
+        }
         let payload = to_proto(&m, true).encode_to_vec();
         let id = format!("manifest/{}/{}", m.agency, m.day);
-        let t = topic(&m.agency);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "ce_specversion",
-                value: Some("1.0"),
-            })
-            .insert(Header {
-                key: "ce_id",
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: "ce_source",
-                value: Some("tabadol.ir/hub"),
-            })
-            .insert(Header {
-                key: "ce_type",
-                value: Some("ir.tabadol.manifest.v1"),
-            })
-            .insert(Header {
-                key: "ce_subject",
-                value: Some(m.day.as_str()),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/protobuf"),
-            })
-            .insert(Header {
-                key: "ce_dataschema",
-                value: Some("tabadol.v1.Manifest"),
-            });
+        let headers = Attributes {
+            id: &id,
+            source: "tabadol.ir/hub",
+            r#type: "ir.tabadol.manifest.v1",
+            subject: &m.day,
+            dataschema: "tabadol.v1.Manifest",
+            time: None,
+            sequence: None,
+        }
+        .headers();
         let record = FutureRecord::to(&t)
             .key(m.day.as_bytes())
             .payload(&payload)
@@ -422,7 +390,10 @@ async fn deliver(k: &KafkaOut, store: &ManifestStore) -> bool {
                 }
             }
             Err((e, _)) => {
-                tracing::warn!(message = "manifest not delivered; will retry", agency = %m.agency, day = %m.day, error = %e);
+                tracing::warn!(message = "manifest not delivered; will retry", agency = %m.agency, day = %m.day, error = %e, action = hint_of(&e));
+                if crate::kafka::failure::topic_unknown(&e) {
+                    k.topics.forget(&t);
+                }
                 all = false;
             }
         }

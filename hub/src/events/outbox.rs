@@ -9,6 +9,12 @@
 //! Readers see an event only once it is acknowledged: [`Outbox::read_after`] never goes
 //! past [`Outbox::last_seq`], which moves only after the event is flushed. An event whose
 //! flush failed is removed again, so nothing half-published is ever delivered.
+//!
+//! Each event carries the subscribers chosen when it was accepted (from the policy in
+//! force then), written in the same record, so the relay delivers to exactly that list
+//! whatever the policy says later. Deliveries given up for a permanent reason are kept as
+//! dead letters until an operator replays them (`tabadol events dead-letters replay`);
+//! replayed ones wait in their own tree until the relay has delivered them.
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
@@ -17,6 +23,7 @@ const TREE_EVENTS: &str = "outbox.events";
 const TREE_DEDUP: &str = "outbox.dedup";
 const TREE_CURSORS: &str = "outbox.cursors";
 const TREE_DEAD: &str = "outbox.dead";
+const TREE_REPLAY: &str = "outbox.replay";
 
 /// One accepted event as the hub keeps it. The national code never leaves the hub: each
 /// subscriber sees only its own token for it.
@@ -34,6 +41,47 @@ pub struct StoredEvent {
     pub date: String,
     /// When the hub accepted it, unix microseconds.
     pub accepted_at_micros: i64,
+    /// The agencies subscribed to its type when it was accepted: the relay delivers to
+    /// exactly these. `None` for events stored before the hub recorded them; the relay then
+    /// uses the policy in force when it sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<Vec<String>>,
+}
+
+/// A delivery given up for a permanent reason, kept for an operator. Never holds the
+/// national code: the event it names is in the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Outbox sequence of the event.
+    pub seq: u64,
+    /// The subscriber whose copy it is (empty in records written before it was kept; see
+    /// [`DeadLetter::subscriber`]).
+    #[serde(default)]
+    pub subscriber: String,
+    /// The Kafka topic it was sent to.
+    #[serde(alias = "destination")]
+    pub topic: String,
+    pub reason: String,
+    /// When it was given up, unix microseconds.
+    pub at_micros: i64,
+}
+
+impl DeadLetter {
+    /// The subscriber, also for old records that only name the topic
+    /// `tabadol.<event-type>.<agency>` (agency ids have no dots).
+    pub fn subscriber(&self) -> &str {
+        if self.subscriber.is_empty() {
+            self.topic.rsplit('.').next().unwrap_or("")
+        } else {
+            &self.subscriber
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        let mut key = self.seq.to_be_bytes().to_vec();
+        key.extend_from_slice(self.topic.as_bytes());
+        key
+    }
 }
 
 /// Errors of the outbox.
@@ -64,6 +112,8 @@ pub struct NewEvent<'a> {
     pub event_type: &'a str,
     pub national_code: &'a str,
     pub date: &'a str,
+    /// The agencies subscribed to `event_type` under the policy in force now.
+    pub subscribers: Vec<String>,
 }
 
 /// The outbox; share it behind an `Arc`.
@@ -73,6 +123,8 @@ pub struct Outbox {
     dedup: sled::Tree,
     cursors: sled::Tree,
     dead: sled::Tree,
+    /// Dead letters an operator put back for delivery (same keys and records).
+    replay: sled::Tree,
     /// Serializes publishers so sequence numbers stay dense and ordered.
     publish_lock: Mutex<u64>,
     last: watch::Sender<u64>,
@@ -133,6 +185,7 @@ impl Outbox {
             dedup: db.open_tree(TREE_DEDUP)?,
             cursors: db.open_tree(TREE_CURSORS)?,
             dead: db.open_tree(TREE_DEAD)?,
+            replay: db.open_tree(TREE_REPLAY)?,
             events,
             publish_lock: Mutex::new(last_seq),
             last: watch::channel(last_seq).0,
@@ -199,6 +252,7 @@ impl Outbox {
             national_code: ev.national_code.to_owned(),
             date: ev.date.to_owned(),
             accepted_at_micros,
+            subscribers: Some(ev.subscribers.clone()),
         };
         let value = serde_json::to_vec(&stored).map_err(|e| OutboxError::Corrupt {
             key: format!("event {seq}"),
@@ -314,20 +368,34 @@ impl Outbox {
         Ok(())
     }
 
-    /// Records an event that could not be delivered to one destination for a permanent
-    /// reason, so it is kept and visible instead of silently dropped.
+    /// One acknowledged event by its sequence number.
+    pub fn get(&self, seq: u64) -> Result<Option<StoredEvent>, OutboxError> {
+        if seq == 0 || seq > self.last_seq() {
+            return Ok(None);
+        }
+        match self.events.get(seq.to_be_bytes())? {
+            Some(v) => Ok(Some(decode(&format!("event {seq}"), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a copy of an event that could not be delivered to `subscriber` on `topic`
+    /// for a permanent reason, so it is kept and visible instead of silently dropped.
     pub fn dead_letter(
         &self,
         seq: u64,
-        destination: &str,
+        subscriber: &str,
+        topic: &str,
         reason: &str,
     ) -> Result<(), OutboxError> {
-        let mut key = seq.to_be_bytes().to_vec();
-        key.extend_from_slice(destination.as_bytes());
-        let v = serde_json::json!({ "seq": seq, "destination": destination, "reason": reason,
-            "at_micros": jiff::Timestamp::now().as_microsecond() });
-        self.dead
-            .insert(key, serde_json::to_vec(&v).unwrap_or_default())?;
+        let d = DeadLetter {
+            seq,
+            subscriber: subscriber.to_owned(),
+            topic: topic.to_owned(),
+            reason: reason.to_owned(),
+            at_micros: jiff::Timestamp::now().as_microsecond(),
+        };
+        self.dead.insert(d.key(), encode(&d)?)?;
         Ok(())
     }
 
@@ -335,6 +403,93 @@ impl Outbox {
     pub fn dead_letters(&self) -> usize {
         self.dead.len()
     }
+
+    /// Every dead letter, in sequence order.
+    pub fn dead_letter_list(&self) -> Result<Vec<DeadLetter>, OutboxError> {
+        list(&self.dead)
+    }
+
+    /// Puts dead letters back for delivery: all of them, or those of the given sequence
+    /// numbers (every subscriber's copy). Returns those moved; they wait in the replay
+    /// queue, on disk, until the relay has delivered them ([`Outbox::replays`]).
+    pub fn replay(&self, only: Option<&[u64]>) -> Result<Vec<DeadLetter>, OutboxError> {
+        let chosen: Vec<DeadLetter> = self
+            .dead_letter_list()?
+            .into_iter()
+            .filter(|d| only.is_none_or(|seqs| seqs.contains(&d.seq)))
+            .collect();
+        for d in &chosen {
+            move_between(&self.dead, &self.replay, d)?;
+        }
+        self.db.flush()?;
+        Ok(chosen)
+    }
+
+    /// Up to `limit` replayed dead letters still to be delivered, in sequence order.
+    pub fn replays(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
+        let mut v = list(&self.replay)?;
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    /// A replayed copy was acknowledged by the broker.
+    pub async fn replay_delivered(&self, d: &DeadLetter) -> Result<(), OutboxError> {
+        self.replay.remove(d.key())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A replayed copy failed for a permanent reason again: back to the dead letters.
+    pub async fn replay_failed(&self, d: &DeadLetter, reason: &str) -> Result<(), OutboxError> {
+        let again = DeadLetter {
+            reason: reason.to_owned(),
+            at_micros: jiff::Timestamp::now().as_microsecond(),
+            ..d.clone()
+        };
+        move_between(&self.replay, &self.dead, &again)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn encode(d: &DeadLetter) -> Result<Vec<u8>, OutboxError> {
+    serde_json::to_vec(d).map_err(|e| OutboxError::Corrupt {
+        key: format!("dead letter {} {}", d.seq, d.topic),
+        message: e.to_string(),
+    })
+}
+
+fn list(tree: &sled::Tree) -> Result<Vec<DeadLetter>, OutboxError> {
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        out.push(decode(
+            &format!("dead letter {}", seq_of(&k[..8.min(k.len())])),
+            &v,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Moves `d` (under its key) from one tree to the other, atomically.
+fn move_between(from: &sled::Tree, to: &sled::Tree, d: &DeadLetter) -> Result<(), OutboxError> {
+    use sled::Transactional;
+    let key = d.key();
+    let value = encode(d)?;
+    (from, to)
+        .transaction(|(from, to)| {
+            from.remove(key.as_slice())?;
+            to.insert(key.as_slice(), value.as_slice())?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => OutboxError::Store(e),
+            sled::transaction::TransactionError::Abort(()) => OutboxError::Corrupt {
+                key: format!("dead letter {} {}", d.seq, d.topic),
+                message: "transaction aborted".into(),
+            },
+        })?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -348,6 +503,7 @@ mod tests {
             event_type: "death.v1",
             national_code: nc,
             date: "1405/08/30",
+            subscribers: vec!["cbi".into(), "ihio".into()],
         }
     }
 
@@ -538,5 +694,88 @@ mod tests {
             .unwrap();
         assert_eq!(ob.last_seq(), 1);
         assert_eq!(publisher.await.unwrap().0.seq, 1);
+    }
+
+    /// The subscriber list is stored with the event (and survives a reopen); a duplicate
+    /// keeps the list of its first acceptance; an event stored before lists were kept
+    /// (no `subscribers` field) still reads, as `None`.
+    #[tokio::test]
+    async fn subscribers_are_recorded_with_the_event_and_old_events_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let ob = Outbox::open(&db).unwrap();
+            let (a, _) = ob.publish(ev("e1", "0012345679")).await.unwrap();
+            assert_eq!(a.subscribers, Some(vec!["cbi".into(), "ihio".into()]));
+            let mut later = ev("e1", "0012345679");
+            later.subscribers = vec!["ihio".into()];
+            let (again, dup) = ob.publish(later).await.unwrap();
+            assert!(dup);
+            assert_eq!(
+                again.subscribers, a.subscribers,
+                "chosen at first acceptance"
+            );
+            // An event as an older hub wrote it.
+            let old = serde_json::json!({"seq": 2, "hub_event_id": "h2", "publisher": "nocr",
+                "publisher_event_id": "old", "event_type": "death.v1",
+                "national_code": "0012345679", "date": "1405/08/30", "accepted_at_micros": 1});
+            ob.events
+                .insert(2u64.to_be_bytes(), serde_json::to_vec(&old).unwrap())
+                .unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let ob = Outbox::open(&db).unwrap();
+        let all = ob.read_after(0, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].subscribers.as_ref().map(Vec::len), Some(2));
+        assert_eq!(all[1].subscribers, None);
+        assert_eq!(ob.get(2).unwrap().unwrap().publisher_event_id, "old");
+        assert!(ob.get(3).unwrap().is_none());
+    }
+
+    /// Dead letters are listed in order (an old record naming only its `destination` topic
+    /// still reads, with its subscriber taken from the topic), replay moves the chosen ones
+    /// to the replay queue on disk, a delivered replay is gone, a failed one is a dead
+    /// letter again.
+    #[tokio::test]
+    async fn dead_letters_list_replay_and_come_back() {
+        let (_dir, ob) = open_temp();
+        for i in 0..3 {
+            ob.publish(ev(&format!("e{i}"), "0012345679"))
+                .await
+                .unwrap();
+        }
+        ob.dead_letter(1, "cbi", "tabadol.death.v1.cbi", "too large")
+            .unwrap();
+        ob.dead_letter(3, "ihio", "tabadol.death.v1.ihio", "too large")
+            .unwrap();
+        let mut key = 2u64.to_be_bytes().to_vec();
+        key.extend_from_slice(b"tabadol.death.v1.ihio");
+        let old = serde_json::json!({"seq": 2, "destination": "tabadol.death.v1.ihio",
+            "reason": "refused", "at_micros": 5});
+        ob.dead
+            .insert(key, serde_json::to_vec(&old).unwrap())
+            .unwrap();
+
+        let list = ob.dead_letter_list().unwrap();
+        let seen: Vec<(u64, &str)> = list.iter().map(|d| (d.seq, d.subscriber())).collect();
+        assert_eq!(seen, [(1, "cbi"), (2, "ihio"), (3, "ihio")]);
+        assert_eq!(list[1].topic, "tabadol.death.v1.ihio");
+
+        let moved = ob.replay(Some(&[2, 3])).unwrap();
+        assert_eq!(moved.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(ob.dead_letters(), 1);
+        let pending = ob.replays(10).unwrap();
+        assert_eq!(pending.len(), 2);
+        ob.replay_delivered(&pending[0]).await.unwrap();
+        ob.replay_failed(&pending[1], "still too large")
+            .await
+            .unwrap();
+        assert!(ob.replays(10).unwrap().is_empty());
+        let list = ob.dead_letter_list().unwrap();
+        assert_eq!(list.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(list[1].reason, "still too large");
+        assert_eq!(ob.replay(None).unwrap().len(), 2, "--all");
+        assert_eq!(ob.dead_letters(), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! The `tabadol` command line (clap): serve, dev, pki, policy, audit.
+//! The `tabadol` command line (clap): serve, dev, pki, policy, audit, events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +58,84 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Event tools (on a stopped hub's store).
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Deliveries to Kafka given up for a permanent reason (message too large, a topic the
+    /// cluster refuses): list them, or put them back for the relay to deliver.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Show each dead letter: sequence, subscriber, topic, time, reason (never the
+    /// national code).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Put dead letters back for delivery; the relay of the next `tabadol serve` (or
+    /// `dev`) delivers each to its subscriber, with the event's original `ce_id`.
+    Replay {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+        /// Sequence numbers of the events whose dead letters to replay (see `list`).
+        #[arg(value_name = "SEQ", required_unless_present = "all")]
+        seqs: Vec<u64>,
+    },
+}
+
+/// Where a stopped hub's store is: its configuration, or its data_dir.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The hub's configuration file (its `data_dir` holds `store/`).
+    #[arg(long, conflicts_with = "dir")]
+    pub config: Option<PathBuf>,
+    /// The hub's data_dir (holds `store/`) [default: ./var/dev].
+    #[arg(long, alias = "data-dir")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Opens the store of a stopped hub, or says why not (none there, or locked by a
+    /// running hub).
+    fn open(&self) -> anyhow::Result<sled::Db> {
+        let data_dir = match (&self.config, &self.dir) {
+            (Some(config), _) => {
+                let (cfg, _) = crate::ops::config::Config::load(config).map_err(|e| {
+                    anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display())
+                })?;
+                cfg.data_dir
+            }
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from("./var/dev"),
+        };
+        let store = data_dir.join("store");
+        if !store.join("db").exists() {
+            anyhow::bail!(
+                "{} holds no hub store: give the hub's data_dir with --dir, or its configuration with --config",
+                store.display()
+            );
+        }
+        sled::open(&store).map_err(|e| {
+            if e.to_string().contains("could not acquire lock") {
+                anyhow::anyhow!(
+                    "the store {} is locked by a running hub: stop the hub first (dead letters are read and replayed on a stopped hub's store)",
+                    store.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot open the store {}: {e}", store.display())
+            }
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,6 +455,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in trail {
                 println!("{}", serde_json::to_string(&r)?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events(EventsCommand::DeadLetters(cmd)) => dead_letters(cmd),
+    }
+}
+
+fn dead_letters(cmd: DeadLettersCommand) -> anyhow::Result<ExitCode> {
+    use crate::events::outbox::{DeadLetter, Outbox};
+    fn line(d: &DeadLetter) -> String {
+        let at = jiff::Timestamp::from_microsecond(d.at_micros)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| d.at_micros.to_string());
+        format!(
+            "{:>10}  {:<12}  {:<36}  {}  {}",
+            d.seq,
+            d.subscriber(),
+            d.topic,
+            at,
+            d.reason
+        )
+    }
+    match cmd {
+        DeadLettersCommand::List { store } => {
+            let db = store.open()?;
+            let list = Outbox::open(&db)?.dead_letter_list()?;
+            if list.is_empty() {
+                println!("no dead letters");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:>10}  {:<12}  {:<36}  {:<27}  REASON",
+                "SEQUENCE", "SUBSCRIBER", "TOPIC", "TIME"
+            );
+            for d in &list {
+                println!("{}", line(d));
+            }
+            println!(
+                "{} dead letter(s); `tabadol events dead-letters replay --all` (or SEQ...) puts them back for delivery",
+                list.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLettersCommand::Replay { store, all, seqs } => {
+            let db = store.open()?;
+            let outbox = Outbox::open(&db)?;
+            if !all {
+                let known: std::collections::HashSet<u64> =
+                    outbox.dead_letter_list()?.iter().map(|d| d.seq).collect();
+                let unknown: Vec<String> = seqs
+                    .iter()
+                    .filter(|s| !known.contains(s))
+                    .map(u64::to_string)
+                    .collect();
+                if !unknown.is_empty() {
+                    anyhow::bail!(
+                        "no dead letter for sequence {}: `tabadol events dead-letters list` shows them; nothing was replayed",
+                        unknown.join(", ")
+                    );
+                }
+            }
+            let moved = outbox.replay(if all { None } else { Some(seqs.as_slice()) })?;
+            for d in &moved {
+                println!("replay {}", line(d));
+            }
+            println!(
+                "{} dead letter(s) put back for delivery; the relay delivers them when the hub runs",
+                moved.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -572,6 +572,16 @@ impl Events for EventsService {
         };
         // A valid event id is bounded and visible: it is the audit tracking code.
         let date = ev.date.to_string();
+        // Subscribers are chosen now, from the policy in force at acceptance, and stored
+        // with the event: the relay delivers to exactly them (defect 12).
+        let subscribers: Vec<String> = self
+            .hub
+            .policy()
+            .policy
+            .subscribers_of(ev.event_type)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let published = self
             .outbox
             .publish(NewEvent {
@@ -580,6 +590,7 @@ impl Events for EventsService {
                 event_type: ev.event_type,
                 national_code: &ev.national_code,
                 date: &date,
+                subscribers,
             })
             .await;
         let (stored, duplicate) = match published {
@@ -795,6 +806,7 @@ mod tests {
             event_type: "death.v1",
             national_code: "0012345679",
             date: "1405/08/30",
+            subscribers: vec!["cbi".into()],
         }
     }
 
