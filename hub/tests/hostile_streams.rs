@@ -122,7 +122,7 @@ fn grpc_status(h: &http::HeaderMap) -> Option<(i32, String)> {
     let msg = h
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| percent_decode(m))
+        .map(percent_decode)
         .unwrap_or_default();
     Some((code, msg))
 }
