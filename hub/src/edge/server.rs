@@ -16,9 +16,7 @@ use crate::edge::grpc::events::EventsService;
 use crate::edge::grpc::inquiry::InquiryService;
 use crate::edge::grpc::shahkar::ShahkarService;
 use crate::edge::grpc::tax::TaxService;
-use crate::edge::limits::{
-    AgencyStreamsLayer, BodyDeadlineLayer, EdgeLimits, RequireGrpcLayer,
-};
+use crate::edge::limits::{AgencyStreamsLayer, BodyDeadlineLayer, EdgeLimits, RequireGrpcLayer};
 use crate::inquiry::pipeline::Hub;
 
 /// Largest header block a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
