@@ -53,7 +53,7 @@ async fn serve(dir: &Path, audit: &str) -> (Served, tabadol_adapters::simulators
         .unwrap()
         .port();
     let mut yaml = format!(
-        "listen: 127.0.0.1:{port}\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\naudit: {audit}\nproviders:\n",
+        "listen: 127.0.0.1:{port}\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n  revocation: \"off\"\naudit: {audit}\nproviders:\n",
         common::policy_dir().display(),
         dir.display(),
         env.config.tls.ca.display(),
@@ -371,7 +371,7 @@ async fn serve_on(dir: &Path) -> (bool, String) {
     .await
     .unwrap();
     let mut yaml = format!(
-        "listen: 127.0.0.1:0\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\nproviders:\n",
+        "listen: 127.0.0.1:0\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n  revocation: \"off\"\nproviders:\n",
         common::policy_dir().display(),
         dir.display(),
         env.config.tls.ca.display(),

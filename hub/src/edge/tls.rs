@@ -582,6 +582,10 @@ impl Connections {
 // ---------------------------------------------------------------------------------------
 // One verified connection.
 
+/// How long a connection whose access was withdrawn stays open so that its streams can end
+/// with their own status (well within the one second revocation must take).
+const ACCESS_CUT_GRACE: Duration = Duration::from_millis(250);
+
 /// One accepted, verified TLS connection. Reading from it fails (and hyper closes it)
 /// when the HTTP/2 preface does not arrive in time, or when, after an access change, its
 /// certificate is revoked or its common name no longer maps to the agency it had.
@@ -597,6 +601,10 @@ pub struct TlsConn {
     edge: Arc<TlsEdge>,
     /// Why the connection was cut, once it was.
     cut: Option<String>,
+    /// Access was withdrawn: why, and when the connection is cut. The grace lets the
+    /// streams on it (which watch the same change) send their PERMISSION_DENIED /
+    /// UNAUTHENTICATED before the transport goes away.
+    cut_pending: Option<(String, Pin<Box<tokio::time::Sleep>>)>,
     _slot: ConnectionSlot,
 }
 
@@ -648,7 +656,7 @@ impl TlsConn {
         while let Poll::Ready(Some(_)) = self.changes.poll_next_unpin(cx) {
             changed = true;
         }
-        if changed {
+        if changed && self.cut_pending.is_none() {
             if let Some(reason) = self.access_lost() {
                 let (remote, cn) = (self.info.remote, self.info.common_name.clone());
                 self.edge.log.note(Refusal::AccessLost, || {
@@ -659,7 +667,15 @@ impl TlsConn {
                         reason = %reason,
                     )
                 });
-                self.cut = Some(format!("connection closed by the hub: {reason}"));
+                self.cut_pending = Some((
+                    format!("connection closed by the hub: {reason}"),
+                    Box::pin(tokio::time::sleep(ACCESS_CUT_GRACE)),
+                ));
+            }
+        }
+        if let Some((_, at)) = &mut self.cut_pending {
+            if at.as_mut().poll(cx).is_ready() {
+                self.cut = self.cut_pending.take().map(|(reason, _)| reason);
                 return Some(self.cut_error());
             }
         }
@@ -919,6 +935,7 @@ async fn handshake(
         hub: hub.clone(),
         edge: edge.clone(),
         cut: None,
+        cut_pending: None,
         _slot: slot,
     };
     let _ = tx.send(Ok(conn)).await;
