@@ -555,3 +555,52 @@ async fn manifests_outside_the_retention_window_store_nothing() {
     assert_eq!(too_old(), 0);
     stop(hub).await;
 }
+
+/// Defect 12: subscribers are those recorded when an event was accepted, on every channel.
+/// An event accepted while cbi was not subscribed is neither streamed to cbi nor counted in
+/// its manifest after cbi subscribes, while bmi (subscribed throughout) gets both events.
+#[tokio::test]
+async fn an_event_accepted_before_a_subscription_is_not_streamed_or_counted() {
+    let policy = copy_policy();
+    let original = std::fs::read_to_string(policy.path().join("subscriptions.yaml")).unwrap();
+    drop_entries(
+        policy.path(),
+        "subscriptions.yaml",
+        "subscriptions",
+        "agency",
+        "cbi",
+    );
+    let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
+    let first = publish_death(&hub, "SUB-1", 0).await;
+    std::fs::write(policy.path().join("subscriptions.yaml"), original).unwrap();
+    assert!(tabadol_hub::ops::app::reload_policy(&hub.handle.hub, policy.path()).await);
+    let second = publish_death(&hub, "SUB-2", 1).await;
+
+    let mut cbi = subscribe(&hub, "cbi").await;
+    assert_eq!(
+        next_event(&mut cbi).await.sequence,
+        second,
+        "cbi starts at SUB-2"
+    );
+    let mut bmi = subscribe(&hub, "bmi").await;
+    assert_eq!(next_event(&mut bmi).await.sequence, first);
+    assert_eq!(next_event(&mut bmi).await.sequence, second);
+
+    let today = JalaliDate::in_tehran(jiff::Timestamp::now()).to_string();
+    let count = |agency: &'static str| {
+        let hub = &hub;
+        let today = today.clone();
+        async move {
+            events(hub, agency)
+                .await
+                .get_manifest(GetManifestRequest { day: today })
+                .await
+                .unwrap_or_else(|e| panic!("{agency} manifest: {e}"))
+                .into_inner()
+                .count
+        }
+    };
+    assert_eq!(count("cbi").await, 1, "cbi's manifest counts only SUB-2");
+    assert_eq!(count("bmi").await, 2);
+    stop(hub).await;
+}

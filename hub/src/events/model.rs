@@ -211,6 +211,16 @@ pub fn tehran_day(micros: i64) -> JalaliDate {
     )
 }
 
+/// Whether `ev` is meant for `agency`: one of the subscribers recorded when it was
+/// accepted (events stored before subscribers were recorded: every current subscriber).
+/// The relay, the stream and the manifests all use this, so what a subscriber receives and
+/// what its manifest counts agree.
+pub fn meant_for(ev: &StoredEvent, agency: &str) -> bool {
+    ev.subscribers
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|a| a == agency))
+}
+
 /// Computes the manifest of `day` for `agency`, over the event types it subscribes to.
 /// A subscriber recomputes the same digest over the events it received. Only acknowledged
 /// events count ([`Outbox::read_after`] stops at the last flushed one); the result is
@@ -243,7 +253,7 @@ pub fn manifest(
             if ev.accepted_at_micros >= end {
                 break 'scan;
             }
-            if !types.contains(&ev.event_type) {
+            if !types.contains(&ev.event_type) || !meant_for(&ev, agency) {
                 continue;
             }
             let token = tokens.token(agency, &ev.national_code)?;

@@ -231,7 +231,9 @@ fn spawn_stream(
                 continue;
             }
             for ev in batch {
-                if !wanted.contains(&ev.event_type) {
+                if !wanted.contains(&ev.event_type)
+                    || !crate::events::model::meant_for(&ev, &agency)
+                {
                     cursor = ev.seq;
                     continue;
                 }
