@@ -380,6 +380,15 @@ async fn undecodable_bodies_are_invalid_argument() {
             other => panic!("{path}: {other:?}"),
         }
     }
+    // grpc.health.v1 (tonic's own codec) answers the same code.
+    for path in ["/grpc.health.v1.Health/Check"] {
+        match call(&mut conn, request(&hub, path, GRPC), garbage.clone()).await {
+            Outcome::Status(3, msg) => {
+                assert!(msg.contains("not a valid protobuf"), "{path}: {msg}")
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
     drop(conn);
     hub.stop().await;
 }

@@ -84,7 +84,7 @@ where
     type Error = S::Error;
     type Future = futures::future::Either<
         futures::future::Ready<Result<Response<Body>, S::Error>>,
-        S::Future,
+        futures::future::MapOk<S::Future, fn(Response<Body>) -> Response<Body>>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -94,7 +94,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ct = req.headers().get(http::header::CONTENT_TYPE);
         if is_grpc_content_type(ct) {
-            return futures::future::Either::Right(self.inner.call(req));
+            use futures::TryFutureExt;
+            return futures::future::Either::Right(
+                self.inner
+                    .call(req)
+                    .map_ok(undecodable_is_invalid as fn(Response<Body>) -> Response<Body>),
+            );
         }
         let shown = match ct {
             None => "no content-type".to_owned(),
@@ -115,6 +120,32 @@ where
         );
         futures::future::Either::Left(futures::future::ready(Ok(resp)))
     }
+}
+
+/// The message tonic's own prost codec gives an undecodable request (services that do not
+/// use the hub's codec: `grpc.health.v1`, server reflection), percent-encoded as sent.
+const PROST_DECODE_FAILED: &[u8] = b"failed%20to%20decode%20Protobuf%20message";
+
+/// A trailers-only INTERNAL answer to an undecodable request becomes INVALID_ARGUMENT: the
+/// caller sent a bad body (retrying it cannot help). The tabadol.v1 services already answer
+/// so through their codec (`proto/src/codec.rs`); this covers health and reflection.
+fn undecodable_is_invalid(mut resp: Response<Body>) -> Response<Body> {
+    let headers = resp.headers();
+    let internal = headers.get("grpc-status").map(HeaderValue::as_bytes) == Some(b"13");
+    let decode = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(PROST_DECODE_FAILED));
+    if internal && decode {
+        let headers = resp.headers_mut();
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static(
+                "the%20request%20body%20is%20not%20a%20valid%20protobuf%20message%20of%20this%20method",
+            ),
+        );
+    }
+    resp
 }
 
 /// A one-frame body holding `text`.
