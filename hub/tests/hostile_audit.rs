@@ -17,6 +17,31 @@ use tabadol_proto::v1::shahkar_client::ShahkarClient;
 use tabadol_proto::v1::MatchMobileRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// `tabadol serve`'s configuration for a dev environment's PKI and simulators, with the
+/// store in `dir`, listening on `port` (0: any), plus `extra` top-level lines.
+fn serve_yaml(
+    dev: &tabadol_hub::ops::config::Config,
+    dir: &Path,
+    port: u16,
+    extra: &str,
+) -> String {
+    let mut yaml = format!(
+        "listen: 127.0.0.1:{port}\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n  revocation: \"off\"\n{extra}providers:\n",
+        common::policy_dir().display(),
+        dir.display(),
+        dev.tls.ca.display(),
+        dev.tls.cert.display(),
+        dev.tls.key.display(),
+    );
+    for p in &dev.providers {
+        yaml.push_str(&format!(
+            "  - {{ provider: {}, adapter: {}, base_url: \"{}\" }}\n",
+            p.provider, p.adapter, p.base_url
+        ));
+    }
+    yaml
+}
+
 fn tabadol() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tabadol"))
 }
@@ -52,20 +77,7 @@ async fn serve(dir: &Path, audit: &str) -> (Served, tabadol_adapters::simulators
         .local_addr()
         .unwrap()
         .port();
-    let mut yaml = format!(
-        "listen: 127.0.0.1:{port}\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n  revocation: \"off\"\naudit: {audit}\nproviders:\n",
-        common::policy_dir().display(),
-        dir.display(),
-        env.config.tls.ca.display(),
-        env.config.tls.cert.display(),
-        env.config.tls.key.display(),
-    );
-    for p in &env.config.providers {
-        yaml.push_str(&format!(
-            "  - {{ provider: {}, adapter: {}, base_url: \"{}\" }}\n",
-            p.provider, p.adapter, p.base_url
-        ));
-    }
+    let yaml = serve_yaml(&env.config, dir, port, &format!("audit: {audit}\n"));
     let cfg = dir.join("hub.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     let child = tabadol()
@@ -370,20 +382,7 @@ async fn serve_on(dir: &Path) -> (bool, String) {
     })
     .await
     .unwrap();
-    let mut yaml = format!(
-        "listen: 127.0.0.1:0\npolicy_dir: {}\ndata_dir: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n  revocation: \"off\"\nproviders:\n",
-        common::policy_dir().display(),
-        dir.display(),
-        env.config.tls.ca.display(),
-        env.config.tls.cert.display(),
-        env.config.tls.key.display(),
-    );
-    for p in &env.config.providers {
-        yaml.push_str(&format!(
-            "  - {{ provider: {}, adapter: {}, base_url: \"{}\" }}\n",
-            p.provider, p.adapter, p.base_url
-        ));
-    }
+    let yaml = serve_yaml(&env.config, dir, 0, "");
     std::fs::write(dir.join("hub.yaml"), yaml).unwrap();
     let mut child = tabadol()
         .args(["serve", "--config"])
