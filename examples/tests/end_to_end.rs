@@ -52,6 +52,7 @@ impl Dev {
             policy: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/national")),
             kafka: None,
             simulate_events: None,
+            durable_audit: false,
         };
         let env = prepare(&opts).await.expect("dev environment");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

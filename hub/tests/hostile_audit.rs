@@ -69,6 +69,7 @@ async fn serve(dir: &Path, audit: &str) -> (Served, tabadol_adapters::simulators
         policy: Some(common::policy_dir()),
         kafka: None,
         simulate_events: None,
+        durable_audit: false,
     })
     .await
     .expect("dev environment");
@@ -379,6 +380,7 @@ async fn serve_on(dir: &Path) -> (bool, String) {
         policy: Some(common::policy_dir()),
         kafka: None,
         simulate_events: None,
+        durable_audit: false,
     })
     .await
     .unwrap();

@@ -677,6 +677,22 @@ fn verify_trees(
     Ok(report)
 }
 
+/// Flushes sled and, when `fsync` names its data file (durable mode), fsyncs it: sled
+/// itself only uses `sync_file_range`, which survives the process, not a power loss.
+async fn flush_store(db: &sled::Db, fsync: Option<PathBuf>) -> Result<(), String> {
+    db.flush_async().await.map_err(|e| e.to_string())?;
+    if let Some(path) = fsync {
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| format!("fsync {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
 /// Replaces the checkpoint file atomically (write aside, fsync, rename).
 fn write_anchor(path: &Path, value: &[u8]) -> Result<(), String> {
     use std::io::Write as _;
@@ -705,29 +721,78 @@ struct Writer {
     opts: AuditOptions,
 }
 
+/// Somebody waiting for a flush: a durable caller (its record's sequence number) or a
+/// checkpoint request (the checkpoint made for it).
+type CheckpointDone = oneshot::Sender<Result<Option<Checkpoint>, String>>;
+enum Waiter {
+    Record(Done, u64),
+    Checkpoint(CheckpointDone, Option<Checkpoint>),
+}
+
+fn answer(waiters: Vec<Waiter>, result: &Result<(), String>) {
+    for w in waiters {
+        match w {
+            Waiter::Record(done, seq) => {
+                let _ = done.send(result.clone().map(|()| seq));
+            }
+            Waiter::Checkpoint(done, cp) => {
+                let _ = done.send(result.clone().map(|()| cp));
+            }
+        }
+    }
+}
+
+/// One flush on its way to disk, and who waits for it.
+struct Flight {
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    waiters: Vec<Waiter>,
+    /// The checkpoint file this flush writes once the store is on disk (kept for the
+    /// next flush if this one fails).
+    anchor: Option<Vec<u8>>,
+}
+
 impl Writer {
+    /// The writer loop. Writing and flushing are pipelined: while one flush (sled flush,
+    /// fsync of the data file, checkpoint file) is on its way to disk in its own task, the
+    /// loop keeps writing the records that arrive, and their durable callers wait for the
+    /// next flush, which starts as soon as the one in flight ends and covers all of them
+    /// (group commit). A caller is answered only by a flush that started after its record
+    /// was written, so "answered" still means "on disk".
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut flush_tick = tokio::time::interval(self.opts.flush_every);
         let mut checkpoint_tick = tokio::time::interval(self.opts.checkpoint_every);
         checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Written since the last flush started.
         let mut dirty = false;
+        // Written, waiting for a flush that has not started yet.
+        let mut pending: Vec<Waiter> = Vec::new();
+        let mut flight: Option<Flight> = None;
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
+                biased;
+                joined = async { (&mut flight.as_mut().expect("guarded").task).await }, if flight.is_some() => {
+                    let done = flight.take().expect("guarded");
+                    self.land(done, joined.unwrap_or_else(|e| Err(format!("audit flush task: {e}"))), &mut dirty);
+                    if !pending.is_empty() {
+                        flight = Some(self.take_off(std::mem::take(&mut pending)));
+                        dirty = false;
+                    }
+                }
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
-                        if let Err(error) = self.checkpoint() {
-                            tracing::error!(message = "audit checkpoint at shutdown failed", %error);
-                        }
-                        let _ = self.flush().await;
+                        self.shut_down(flight.take(), pending).await;
                         return;
                     }
-                    self.handle(&mut batch, &mut dirty).await;
-                }
-                _ = flush_tick.tick(), if dirty => {
-                    if let Err(error) = self.flush().await {
-                        tracing::error!(message = "audit flush failed", %error);
+                    self.handle(&mut batch, &mut pending);
+                    dirty = true;
+                    if flight.is_none() && !pending.is_empty() {
+                        flight = Some(self.take_off(std::mem::take(&mut pending)));
+                        dirty = false;
                     }
+                }
+                _ = flush_tick.tick(), if dirty && flight.is_none() => {
+                    flight = Some(self.take_off(std::mem::take(&mut pending)));
                     dirty = false;
                 }
                 _ = checkpoint_tick.tick() => {
@@ -741,9 +806,10 @@ impl Writer {
         }
     }
 
-    /// Writes the records of one batch, makes the checkpoints due or asked for, flushes
-    /// when durable, then tells every waiting caller.
-    async fn handle(&mut self, batch: &mut Vec<Job>, dirty: &mut bool) {
+    /// Writes the records of one batch and makes the checkpoints due or asked for. Callers
+    /// who need the disk (durable callers, checkpoint requests) go to `pending`; the others
+    /// are answered now.
+    fn handle(&mut self, batch: &mut Vec<Job>, pending: &mut Vec<Waiter>) {
         let mut records = Vec::with_capacity(batch.len());
         let mut asked = Vec::new();
         for job in batch.drain(..) {
@@ -752,58 +818,95 @@ impl Writer {
                 Job::Checkpoint(done) => asked.push(done),
             }
         }
-        let mut result = self.write_batch(&mut records);
+        let result = self.write_batch(&mut records);
         let due = self.next_seq > self.last_checkpoint + self.opts.checkpoint_every_records;
         let checkpoint = if result.is_ok() && (due || !asked.is_empty()) {
             self.checkpoint()
         } else {
             Ok(None)
         };
-        let mut checkpoint = checkpoint.map_err(|e| e.to_string());
         if let Err(e) = &checkpoint {
             tracing::error!(message = "audit checkpoint failed", error = %e);
         }
-        if self.opts.durable || !asked.is_empty() {
-            if let Err(e) = self.flush().await {
-                tracing::error!(message = "audit flush failed", error = %e);
-                result = Err(e.clone());
-                checkpoint = Err(e);
-            }
-        } else {
-            *dirty = true;
-        }
         for (i, (_, done)) in records.into_iter().enumerate() {
-            if let Some(done) = done {
-                let _ = done.send(result.as_ref().map(|s| s[i]).map_err(Clone::clone));
+            let Some(done) = done else { continue };
+            match &result {
+                Ok(seqs) if self.opts.durable => pending.push(Waiter::Record(done, seqs[i])),
+                Ok(seqs) => {
+                    let _ = done.send(Ok(seqs[i]));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e.clone()));
+                }
             }
         }
         for done in asked {
-            let _ = done.send(checkpoint.clone());
+            match &checkpoint {
+                Ok(cp) => pending.push(Waiter::Checkpoint(done, cp.clone())),
+                Err(e) => {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
         }
     }
 
-    /// Flushes sled and, when durable, fsyncs its data file; then writes the checkpoint
-    /// file if a checkpoint was made since.
-    async fn flush(&mut self) -> Result<(), String> {
-        self.flush_store().await?;
-        if let (Some(path), Some(value)) = (&self.anchor, self.pending_anchor.take()) {
-            write_anchor(path, &value)?;
+    /// Starts a flush of everything written so far (and of the newest checkpoint's file)
+    /// in its own task; `waiters` are answered when it lands.
+    fn take_off(&mut self, waiters: Vec<Waiter>) -> Flight {
+        let anchor = self.pending_anchor.take();
+        let (db, fsync, anchor_path) = (self.db.clone(), self.fsync.clone(), self.anchor.clone());
+        let value = anchor.clone();
+        let task = tokio::spawn(async move {
+            flush_store(&db, fsync).await?;
+            if let (Some(path), Some(value)) = (anchor_path, value) {
+                tokio::task::spawn_blocking(move || write_anchor(&path, &value))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            }
+            Ok(())
+        });
+        Flight {
+            task,
+            waiters,
+            anchor,
         }
-        Ok(())
     }
 
-    async fn flush_store(&self) -> Result<(), String> {
-        self.db.flush_async().await.map_err(|e| e.to_string())?;
-        if let Some(path) = self.fsync.clone() {
-            tokio::task::spawn_blocking(move || {
-                std::fs::File::open(&path)
-                    .and_then(|f| f.sync_data())
-                    .map_err(|e| format!("fsync {}: {e}", path.display()))
-            })
-            .await
-            .map_err(|e| e.to_string())??;
+    /// A flush ended: answers its waiters; a failed one keeps its checkpoint file for the
+    /// next flush and leaves the store dirty, so it is tried again.
+    fn land(&mut self, flight: Flight, result: Result<(), String>, dirty: &mut bool) {
+        if let Err(error) = &result {
+            tracing::error!(message = "audit flush failed", %error);
+            if self.pending_anchor.is_none() {
+                self.pending_anchor = flight.anchor;
+            }
+            *dirty = true;
         }
-        Ok(())
+        answer(flight.waiters, &result);
+    }
+
+    /// The channel closed (the hub is stopping): lands the flush in flight, signs a last
+    /// checkpoint and flushes everything, then answers whoever still waits.
+    async fn shut_down(&mut self, flight: Option<Flight>, pending: Vec<Waiter>) {
+        let mut dirty = false;
+        if let Some(mut f) = flight {
+            let joined = (&mut f.task).await;
+            self.land(
+                f,
+                joined.unwrap_or_else(|e| Err(format!("audit flush task: {e}"))),
+                &mut dirty,
+            );
+        }
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(message = "audit checkpoint at shutdown failed", %error);
+        }
+        let mut last = self.take_off(pending);
+        let joined = (&mut last.task).await;
+        self.land(
+            last,
+            joined.unwrap_or_else(|e| Err(format!("audit flush task: {e}"))),
+            &mut dirty,
+        );
     }
 
     /// Signs and stores a checkpoint over the newest record, if there is a signer and a

@@ -48,6 +48,10 @@ pub enum Command {
         /// see live events.
         #[arg(long, value_name = "SECONDS")]
         simulate_events: Option<f64>,
+        /// Answer each inquiry only once its audit record is fsynced (group commit), as
+        /// `audit.durable: true` does in `serve`.
+        #[arg(long)]
+        durable_audit: bool,
     },
     /// Development PKI.
     #[command(subcommand)]
@@ -290,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy,
             kafka,
             simulate_events,
+            durable_audit,
         } => {
             let simulate_events = match simulate_events {
                 Some(s) if !(s.is_finite() && s >= 0.05) => anyhow::bail!(
@@ -303,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policy,
                 kafka,
                 simulate_events,
+                durable_audit,
             };
             let env = crate::ops::dev::prepare(&opts).await?;
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

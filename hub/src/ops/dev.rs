@@ -46,6 +46,8 @@ pub struct DevOptions {
     pub kafka: Option<String>,
     /// Interval of the simulated civil-registry event trickle (`--simulate-events`).
     pub simulate_events: Option<std::time::Duration>,
+    /// `--durable-audit`: every answer waits for its audit record's fsync.
+    pub durable_audit: bool,
 }
 
 /// Everything `tabadol dev` started.
@@ -119,7 +121,10 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             limits: Default::default(),
         },
         providers,
-        audit: AuditSection::default(),
+        audit: AuditSection {
+            durable: opts.durable_audit,
+            ..AuditSection::default()
+        },
         kafka: opts.kafka.clone().map(|brokers| KafkaSection {
             // A development broker is a single one: three replicas could never be placed.
             topic_replication: 1,

@@ -80,6 +80,7 @@ impl TestHub {
             policy: Some(policy),
             kafka: None,
             simulate_events: None,
+            durable_audit: false,
         };
         let mut env = prepare(&opts).await.expect("dev environment");
         env.config.kafka = kafka.map(|(brokers, ms)| tabadol_hub::ops::config::KafkaSection {
