@@ -90,6 +90,8 @@ PY
 )
 M=/tabadol.v1.Shahkar/MatchMobile
 MTLS=(--ca "$D/ca.crt" --cert "$D/agencies/cbi.crt" --key "$D/agencies/cbi.key" --server-name localhost)
+D2=$work/durable/pki   # the durable hub made its own development PKI
+MTLS2=(--ca "$D2/ca.crt" --cert "$D2/agencies/cbi.crt" --key "$D2/agencies/cbi.key" --server-name localhost)
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 run() { # name, pid whose RSS to report (or 0), then load args
@@ -104,7 +106,7 @@ for r in $(seq 1 "$rounds"); do
   run hub "${pids[0]}" --target 127.0.0.1:$HP "${MTLS[@]}"
   run bare 0 --target 127.0.0.1:$EP "${MTLS[@]}"
   run nginx 0 --target 127.0.0.1:$NP "${MTLS[@]}"
-  run durable "${pids[1]}" --target 127.0.0.1:$DP "${MTLS[@]}"
+  run durable "${pids[1]}" --target 127.0.0.1:$DP "${MTLS2[@]}"
   if [ "$events" = 1 ]; then
     out=$("$R/bench-events" --target 127.0.0.1:$DP --dir "$work/durable" --publishers 16 \
       --duration "$secs" 2>&1 | tail -1)
