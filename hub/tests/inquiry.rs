@@ -791,3 +791,71 @@ async fn planned_maintenance_is_announced_and_enforced() {
     assert!(identity.maintenance[0].starts_with(&format!("{from} – {until}")));
     hub.stop().await;
 }
+
+/// Beyond `limits.inquiries_in_flight` the hub sheds at once — UNAVAILABLE naming the
+/// limit, with a RetryInfo, audited as `overloaded` — instead of queueing; the calls it
+/// accepted are answered, and once they are done it accepts again.
+#[tokio::test]
+async fn inquiries_beyond_the_in_flight_limit_are_shed_with_retry_info() {
+    use tonic_types::StatusExt;
+    let policy = common::copy_policy();
+    let hub = TestHub::start_configured(None, policy.path().to_owned(), |_, cfg| {
+        cfg.limits.inquiries_in_flight = 2;
+    })
+    .await;
+    let (nc, _) = hub.alive(0);
+    hub.sims
+        .civil_registry
+        .set_delay(Duration::from_millis(1500));
+    let ch = hub.channel("cbi").await;
+    let call = |tracking: &'static str| {
+        let mut client = CivilRegistryClient::new(ch.clone());
+        let nc = nc.clone();
+        async move {
+            client
+                .get_life_status(GetLifeStatusRequest {
+                    context: ctx(tracking, KYC),
+                    national_code: nc,
+                })
+                .await
+        }
+    };
+    // Two slow calls fill the hub; the third arrives while they run.
+    let slow: Vec<_> = ["TRK-SHED-001", "TRK-SHED-002"]
+        .into_iter()
+        .map(|t| tokio::spawn(call(t)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let err = call("TRK-SHED-003").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "a shed call is answered at once, not after the running ones"
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("at its limit of 2 inquiries in progress"),
+        "{}",
+        err.message()
+    );
+    let retry = err.get_details_retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.unwrap() > Duration::ZERO);
+    for s in slow {
+        s.await.unwrap().expect("the accepted calls are answered");
+    }
+    hub.sims.civil_registry.set_delay(Duration::ZERO);
+    call("TRK-SHED-004")
+        .await
+        .expect("accepted again once the load is gone");
+    let trail = InquiryClient::new(ch)
+        .trace(TraceRequest {
+            tracking_code: "TRK-SHED-003".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<&str> = trail.entries.iter().map(|e| e.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["overloaded"]);
+    hub.stop().await;
+}

@@ -99,6 +99,10 @@ pub enum HubError {
         /// Names of the fields that differ: `type`, `national_code`, `date`.
         differs: Vec<&'static str>,
     },
+    /// The hub runs as many inquiries as it is configured for (`limits.inquiries_in_flight`);
+    /// this one was shed rather than queued.
+    #[error("the hub is at its limit of {limit} inquiries in progress; retry after {} ms", retry_after.as_millis())]
+    Overloaded { limit: usize, retry_after: Duration },
     /// A Tokenize call beyond the agency's quota of national codes.
     #[error("{0}")]
     TokenizeQuota(crate::events::tokens::QuotaExceeded),
@@ -237,6 +241,7 @@ impl HubError {
             HubError::UnknownService(_) => "unknown_service",
             HubError::Denied(_) | HubError::NotAllowed { .. } => "denied",
             HubError::RateLimited { .. } => "rate_limited",
+            HubError::Overloaded { .. } => "overloaded",
             HubError::Maintenance { .. } => "maintenance",
             HubError::DeadlineExceeded { .. } => "deadline_exceeded",
             HubError::Provider(p) => match p {
@@ -313,6 +318,7 @@ impl HubError {
             HubError::UnknownService(_) => Code::NotFound,
             HubError::Denied(_) | HubError::NotAllowed { .. } => Code::PermissionDenied,
             HubError::RateLimited { .. } => Code::ResourceExhausted,
+            HubError::Overloaded { .. } => Code::Unavailable,
             HubError::Maintenance { .. } => Code::Unavailable,
             HubError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             HubError::Provider(p) => match p {
@@ -383,13 +389,13 @@ fn to_status(e: HubError) -> Status {
     let message = fit_message(&e.to_string(), MAX_MESSAGE_BYTES);
     match &e {
         HubError::Invalid(violations) => bad_request(code, &message, violations),
-        HubError::RateLimited { retry_after, .. } | HubError::Maintenance { retry_after, .. } => {
-            Status::with_error_details(
-                code,
-                message,
-                ErrorDetails::with_retry_info(Some(*retry_after)),
-            )
-        }
+        HubError::RateLimited { retry_after, .. }
+        | HubError::Maintenance { retry_after, .. }
+        | HubError::Overloaded { retry_after, .. } => Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_retry_info(Some(*retry_after)),
+        ),
         HubError::Denied(_) | HubError::NotAllowed { .. } => Status::with_error_details(
             code,
             message,

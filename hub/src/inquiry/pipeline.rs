@@ -107,7 +107,12 @@ pub struct Hub {
     revoked: ArcSwap<std::collections::HashSet<String>>,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
+    /// Inquiries run at once; one more is shed ([`HubError::Overloaded`]).
+    pub max_in_flight: usize,
 }
+
+/// What a shed inquiry is told to wait before it tries again.
+pub const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 impl Hub {
     pub fn new(
@@ -124,6 +129,7 @@ impl Hub {
             changes: tokio::sync::watch::Sender::new(0),
             revoked: ArcSwap::from_pointee(Default::default()),
             default_deadline: Duration::from_secs(10),
+            max_in_flight: usize::MAX,
         }
     }
 
@@ -221,9 +227,19 @@ impl Hub {
         // 1. Authenticate: done before — a `Caller` exists only for a verified certificate
         //    that maps to an agency (`Hub::caller_for`).
         // Counted before the guard opens, so shutdown waits until the record is handed over.
-        let _flight = InFlight::enter(&self.in_flight, &self.idle);
+        let flight = InFlight::enter(&self.in_flight, &self.idle);
         // 2. Audit guard: opened before anything can fail, so every outcome is audited.
         let mut guard = AuditGuard::open(&self.audit, caller, &input);
+        // Shed load beyond the hub's capacity at once rather than queue it: the calls
+        // accepted keep their latency, the shed ones are told when to come back.
+        if flight.count() > self.max_in_flight {
+            return guard
+                .finish(Err(HubError::Overloaded {
+                    limit: self.max_in_flight,
+                    retry_after: OVERLOAD_RETRY_AFTER,
+                }))
+                .await;
+        }
         // Steps 3–6 read the policy in force now; it is not held across the provider call
         // (a reload may swap it meanwhile).
         let admitted = (|| {

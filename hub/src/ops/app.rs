@@ -164,6 +164,7 @@ pub async fn start(
     })?;
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
+    hub.max_in_flight = cfg.limits.inquiries_in_flight.max(1) as usize;
     hub.set_revoked(revoked);
     let hub = Arc::new(hub);
     let outbox = Arc::new(Outbox::open(&db)?);

@@ -56,6 +56,17 @@ pub struct LimitsSection {
     /// request still open then is ended with INVALID_ARGUMENT. Default 10000.
     #[serde(default = "default_request_body_timeout_ms")]
     pub request_body_timeout_ms: u64,
+    /// Inquiries the whole hub runs at once (InquireMany items count one each); beyond it
+    /// an inquiry is shed at once with UNAVAILABLE and a RetryInfo instead of queueing, so
+    /// the calls accepted keep their latency under overload. Default: 32 per CPU core, at
+    /// least 64.
+    #[serde(default = "default_inquiries_in_flight")]
+    pub inquiries_in_flight: u32,
+}
+
+fn default_inquiries_in_flight() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (32 * cores).clamp(64, 100_000) as u32
 }
 
 fn default_streams_per_connection() -> u32 {
@@ -76,6 +87,7 @@ impl Default for LimitsSection {
             streams_per_connection: default_streams_per_connection(),
             streams_per_agency: default_streams_per_agency(),
             request_body_timeout_ms: default_request_body_timeout_ms(),
+            inquiries_in_flight: default_inquiries_in_flight(),
         }
     }
 }
@@ -108,6 +120,11 @@ impl LimitsSection {
                 "request_body_timeout_ms",
                 self.request_body_timeout_ms,
                 "10000",
+            ),
+            (
+                "inquiries_in_flight",
+                u64::from(self.inquiries_in_flight),
+                "32 per CPU core, at least 64",
             ),
         ] {
             if value == 0 {

@@ -21,12 +21,23 @@ const MAX_TRACKING_LEN: usize = 64;
 pub struct InFlight<'a> {
     count: &'a AtomicUsize,
     idle: &'a Notify,
+    /// Running inquiries when this one entered, itself included.
+    at_entry: usize,
 }
 
 impl<'a> InFlight<'a> {
     pub fn enter(count: &'a AtomicUsize, idle: &'a Notify) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self { count, idle }
+        let at_entry = count.fetch_add(1, Ordering::AcqRel) + 1;
+        Self {
+            count,
+            idle,
+            at_entry,
+        }
+    }
+
+    /// Running inquiries when this one entered, itself included.
+    pub fn count(&self) -> usize {
+        self.at_entry
     }
 }
 
