@@ -144,6 +144,8 @@ pub struct Outbox {
     /// publisher of such an epoch kept its event iff its sequence is at most that.
     ended_epochs: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
     last: watch::Sender<u64>,
+    /// The store's data file, fsynced after each publish flush ([`Outbox::fsync_on_publish`]).
+    fsync: Option<std::path::PathBuf>,
     /// Acceptance time of the newest event, unix microseconds.
     last_accepted: std::sync::atomic::AtomicI64,
 }
@@ -217,6 +219,7 @@ impl Outbox {
             flush_lock: Mutex::new(()),
             epoch: std::sync::atomic::AtomicU64::new(0),
             ended_epochs: Default::default(),
+            fsync: None,
             last: watch::channel(last_seq).0,
             last_accepted: std::sync::atomic::AtomicI64::new(last_accepted),
         })
@@ -226,7 +229,26 @@ impl Outbox {
     /// returns the original event and `true` when the content is the same, and
     /// [`OutboxError::Conflict`] when it is not.
     pub async fn publish(&self, ev: NewEvent<'_>) -> Result<(StoredEvent, bool), OutboxError> {
-        self.publish_with(ev, || self.db.flush_async()).await
+        self.publish_with(ev, || self.flush()).await
+    }
+
+    /// Fsyncs `data_file` (the store's `db` file) after every publish flush as well, so an
+    /// acknowledged event survives a power loss, not only a crash of the process (sled's
+    /// own flush is `sync_file_range`). Group commit shares the fsync between publishers.
+    pub fn fsync_on_publish(mut self, data_file: std::path::PathBuf) -> Self {
+        self.fsync = Some(data_file);
+        self
+    }
+
+    /// The flush an acknowledgement waits for: sled's, then the fsync when configured.
+    async fn flush(&self) -> sled::Result<usize> {
+        let n = self.db.flush_async().await?;
+        if let Some(path) = self.fsync.clone() {
+            tokio::task::spawn_blocking(move || std::fs::File::open(&path)?.sync_data())
+                .await
+                .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))??;
+        }
+        Ok(n)
     }
 
     /// [`Outbox::publish`] with the flush as a parameter, so a failing flush can be tested.
@@ -887,6 +909,27 @@ mod tests {
         let (kept, dup) = ob.publish(ev("kept", "0012345679")).await.unwrap();
         assert_eq!((kept.seq, dup), (1, true), "the acknowledged event stays");
         assert_eq!(seqs(&ob.read_after(0, 10).unwrap()), [1, 2]);
+    }
+
+    /// With fsync on, an acknowledgement waits for the fsync too: when it fails (here: the
+    /// data file is missing) the publish fails and leaves nothing behind.
+    #[tokio::test]
+    async fn publish_fsyncs_the_data_file_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ob = Outbox::open(&db)
+            .unwrap()
+            .fsync_on_publish(dir.path().join("db"));
+        ob.publish(ev("e1", "0012345679")).await.expect("fsynced");
+        let broken = Outbox::open(&db)
+            .unwrap()
+            .fsync_on_publish(dir.path().join("no-such-file"));
+        broken
+            .publish(ev("e2", "0012345679"))
+            .await
+            .expect_err("the fsync failed, so the event is not acknowledged");
+        assert_eq!(broken.last_seq(), 1);
+        assert!(broken.dedup.get(dedup_key("nocr", "e2")).unwrap().is_none());
     }
 
     /// settled() returns at once when no publish is in flight and waits for one that is.

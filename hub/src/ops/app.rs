@@ -167,7 +167,8 @@ pub async fn start(
     hub.max_in_flight = cfg.limits.inquiries_in_flight.max(1) as usize;
     hub.set_revoked(revoked);
     let hub = Arc::new(hub);
-    let outbox = Arc::new(Outbox::open(&db)?);
+    // An acknowledged event survives a power loss: publish flushes are fsynced too.
+    let outbox = Arc::new(Outbox::open(&db)?.fsync_on_publish(store.join("db")));
     let tokens = Arc::new(Tokens::open(&db)?);
     let kafka_opts = cfg.kafka.as_ref().map(|k| {
         let mut opts = RelayOptions::new(k.brokers.clone());
