@@ -1342,3 +1342,32 @@ fn entries_role(entries: &[(usize, usize, SignatureEntry)], at: &str, file: &Pat
         .find(|(l, c, _)| format!("{}:{l}:{c}", file.display()) == at)
         .map(|(_, _, e)| e.role)
 }
+
+/// What each entry of a signatures file claims to sign — (role, action, content hash) per
+/// item — read from the JWS payloads WITHOUT verifying them: for `policy diff`, to mark
+/// grants whose content no signature is for. [`check`] is what verifies.
+pub fn claimed_hashes(path: &Path) -> HashMap<(Kind, String), Vec<(Role, Action, String)>> {
+    let mut out: HashMap<(Kind, String), Vec<(Role, Action, String)>> = HashMap::new();
+    let (entries, _) = load_entries(path);
+    for (_, _, e) in entries {
+        let Some((kind, id)) = e.subject() else {
+            continue;
+        };
+        let claims = e
+            .jws
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<Claims>(&b).ok());
+        if let Some(c) = claims {
+            out.entry((kind, id.to_owned()))
+                .or_default()
+                .push((e.role, e.action, c.sha256));
+        }
+    }
+    out
+}
