@@ -88,11 +88,17 @@ fn loader(hub: &TestHub, policy: &Path, require: bool) -> PolicyLoader {
     }
 }
 
+/// GetLifeStatus of a living sample person; bmi states its only purpose, others `kyc`.
 async fn life_status(hub: &TestHub, agency: &str) -> Result<bool, tonic::Status> {
     let (nc, _) = hub.alive(0);
+    let purpose = if agency == "bmi" {
+        "customer-re-verification"
+    } else {
+        "kyc"
+    };
     CivilRegistryClient::new(hub.channel(agency).await)
         .get_life_status(GetLifeStatusRequest {
-            context: ctx("TRK-SIGNED-1", "kyc"),
+            context: ctx("TRK-SIGNED-1", purpose),
             national_code: nc,
         })
         .await
