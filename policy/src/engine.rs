@@ -35,6 +35,9 @@ pub struct Policy {
     grants: HashMap<String, HashMap<String, CompiledGrant>>,
     subscriptions: Vec<Subscription>,
     subscribers: HashMap<String, Vec<String>>,
+    /// Who consented to and approved each grant and subscription, and when (one line per
+    /// item, from [`Policy::attach_signatures`]); empty when signatures were not checked.
+    signed: HashMap<(crate::signatures::Kind, String), String>,
 }
 
 /// What the hub asks the engine for one inquiry.
@@ -199,7 +202,24 @@ impl Policy {
             grants,
             subscriptions,
             subscribers,
+            signed: HashMap::new(),
         }
+    }
+
+    /// Records who consented to and approved each item of `report` (shown by ListServices
+    /// and `policy explain`).
+    pub fn attach_signatures(&mut self, report: &crate::signatures::Report) {
+        self.signed = report
+            .items
+            .iter()
+            .map(|i| ((i.kind, i.id.clone()), i.summary()))
+            .collect();
+    }
+
+    /// Who consented to and approved a grant or subscription, and when; `None` when the
+    /// signatures were not checked.
+    pub fn signature_summary(&self, kind: crate::signatures::Kind, id: &str) -> Option<&str> {
+        self.signed.get(&(kind, id.to_owned())).map(String::as_str)
     }
 
     /// All agencies, in file order.

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod jalali;
 pub mod load;
 pub mod model;
+pub mod signatures;
 mod yaml;
 
 pub use engine::{Decision, DecisionRequest, Deny, Policy};

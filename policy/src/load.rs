@@ -525,6 +525,48 @@ impl Checker {
         false
     }
 
+    /// The `id:` of a grant or subscription (what signatures name it by): an id's length,
+    /// lowercase letters, digits, `-`, `_` and `.`, unique in its file. True when usable.
+    fn item_id_ok<'a, T>(
+        &mut self,
+        l: &Loaded<T>,
+        index: usize,
+        seen: &mut HashMap<&'a str, usize>,
+        what: &str,
+        id: &'a str,
+    ) -> bool {
+        if !self.id_ok(l, index, &[Step::Key("id")], &format!("{what} id"), id) {
+            return false;
+        }
+        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
+        if id.is_empty() || !id.bytes().all(allowed) {
+            self.at(
+                l,
+                index,
+                &[Step::Key("id")],
+                format!(
+                    "{what} id `{}` must be lowercase letters, digits, `-`, `_` and `.`, e.g. `moe-shahkar`",
+                    clip(id, 40)
+                ),
+            );
+            return false;
+        }
+        if let Some(first) = seen.insert(id, index) {
+            let line = l
+                .root
+                .as_ref()
+                .map_or(0, |r| r.pos_of(&l.item_path(first, &[])).line);
+            self.at(
+                l,
+                index,
+                &[Step::Key("id")],
+                format!("{what} id `{id}` is used twice (first on line {line}); give every {what} its own id"),
+            );
+            return false;
+        }
+        true
+    }
+
     /// Checks the length of every id in a list; true when all are short enough.
     fn ids_ok<T>(
         &mut self,
@@ -930,9 +972,11 @@ impl Checker {
                 .or_insert_with(|| (s, s.outputs.iter().map(String::as_str).collect()));
         }
         let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut item_ids: HashMap<&str, usize> = HashMap::new();
         for (i, g) in &l.items {
             let i = *i;
-            let mut ok = self.id_ok(l, i, &[Step::Key("agency")], "agency", &g.agency);
+            let mut ok = self.item_id_ok(l, i, &mut item_ids, "grant", &g.id);
+            ok &= self.id_ok(l, i, &[Step::Key("agency")], "agency", &g.agency);
             ok &= self.id_ok(l, i, &[Step::Key("service")], "service", &g.service);
             ok &= self.ids_ok(l, i, "fields", "field", &g.fields);
             ok &= self.ids_ok(l, i, "purposes", "purpose", &g.purposes);
@@ -1057,9 +1101,11 @@ impl Checker {
         };
         let agency_ids = agency_ids(agencies);
         let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut item_ids: HashMap<&str, usize> = HashMap::new();
         for (i, s) in &l.items {
             let i = *i;
-            let mut ok = self.id_ok(l, i, &[Step::Key("agency")], "agency", &s.agency);
+            let mut ok = self.item_id_ok(l, i, &mut item_ids, "subscription", &s.id);
+            ok &= self.id_ok(l, i, &[Step::Key("agency")], "agency", &s.agency);
             ok &= self.ids_ok(l, i, "event_types", "event type", &s.event_types);
             if !ok {
                 continue;
@@ -1155,6 +1201,9 @@ fn describe_item(key: &str, item: &Node, message: &str) -> String {
 fn explain(message: &str) -> String {
     if message == "missing field `approved`" {
         return "missing `approved:`; every grant and subscription must cite its working-group approval as { body, session, date, item } (R1)".to_owned();
+    }
+    if message == "missing field `id`" {
+        return "missing `id:`; give every grant and subscription a stable id, unique in its file (e.g. `id: moe-shahkar`): signatures name it by its id".to_owned();
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         return format!("unknown value {rest}");

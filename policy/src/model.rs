@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids;
 use crate::jalali::{JalaliDate, JalaliDateTime};
@@ -38,7 +38,7 @@ pub struct CertificateMatch {
 }
 
 /// A token-bucket quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// Sustained requests per second.
@@ -303,7 +303,7 @@ impl Service {
 }
 
 /// A working-group approval that a grant or subscription cites (R1).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     /// Approving body, e.g. `interoperability-working-group`.
@@ -315,14 +315,21 @@ pub struct Approval {
     /// Item of the session's resolutions, as written, e.g. `"1.3"`.
     pub item: String,
     /// Free-text remark, e.g. where the grant is derived from a mandate rather than listed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 /// Access of one consumer agency to one provider service (`grants.yaml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+///
+/// `Serialize` gives the content the provider and the secretariat sign (canonical JSON,
+/// see [`crate::signatures`]): an optional field added later must skip serializing when
+/// absent, so that the signatures of grants without it stay valid.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
+    /// Stable id of the grant, unique in grants.yaml, e.g. `moe-shahkar`; signatures name
+    /// the grant by it.
+    pub id: String,
     /// Consumer agency id.
     pub agency: String,
     /// Service id.
@@ -332,22 +339,25 @@ pub struct Grant {
     /// Purposes the agency may state.
     pub purposes: Vec<String>,
     /// Optional quota for this grant.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
     /// First day (inclusive, Tehran time) the grant is valid.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_from: Option<JalaliDate>,
     /// Last day (inclusive, Tehran time) the grant is valid.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<JalaliDate>,
     /// The approval this grant rests on.
     pub approved: Approval,
 }
 
-/// An agency's subscription to published event types (`subscriptions.yaml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// An agency's subscription to published event types (`subscriptions.yaml`); signed like
+/// a [`Grant`], by the publishers of its event types and the secretariat.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
+    /// Stable id of the subscription, unique in subscriptions.yaml, e.g. `cbi-events`.
+    pub id: String,
     /// Subscriber agency id.
     pub agency: String,
     /// Event types received, e.g. `death.v1`.

@@ -40,14 +40,16 @@ services:
 
 const GRANTS: &str = "
 grants:
-  - agency: moe
+  - id: moe-shahkar
+    agency: moe
     service: cra.shahkar.match
     fields: [matched]
     purposes: [customer-verification]
     valid_from: 1400/08/18
     valid_until: 1403/12/29
     approved: { body: interoperability-working-group, session: 26, date: 1400/08/18, item: '3' }
-  - agency: moe
+  - id: moe-identity
+    agency: moe
     service: nocr.identity
     fields: [last_name, national_code]
     purposes: [customer-verification, billing]

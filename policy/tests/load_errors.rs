@@ -43,15 +43,15 @@ fn errors(dir: &Path) -> PolicyErrors {
 fn field_not_an_output_points_at_the_field() {
     let (dir, text) = broken_copy("grants.yaml", |t| {
         t.replacen(
-            "  - agency: moe\n    service: cra.shahkar.match\n    fields: [matched]",
-            "  - agency: moe\n    service: cra.shahkar.match\n    fields: [matched, mobile]",
+            "    agency: moe\n    service: cra.shahkar.match\n    fields: [matched]",
+            "    agency: moe\n    service: cra.shahkar.match\n    fields: [matched, mobile]",
             1,
         )
     });
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "{errs}");
     let e = &errs.errors[0];
-    let (line, column) = locate(&text, "  - agency: moe", "mobile]");
+    let (line, column) = locate(&text, "    agency: moe", "mobile]");
     assert_eq!((e.line, e.column), (line, column), "{e}");
     assert_eq!(e.file, dir.path().join("grants.yaml"));
     assert_eq!(
@@ -67,7 +67,7 @@ fn field_not_an_output_points_at_the_field() {
 #[test]
 fn unknown_agency_points_at_the_agency() {
     let (dir, text) = broken_copy("grants.yaml", |t| {
-        t.replacen("  - agency: ihio\n", "  - agency: ihioo\n", 1)
+        t.replacen("    agency: ihio\n", "    agency: ihioo\n", 1)
     });
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "{errs}");
@@ -115,10 +115,10 @@ fn several_errors_reported_together() {
         t.replacen("service: inta.taxpayer", "service: inta.taxpayerz", 1)
             .replacen("valid_from: 1400/08/18\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/08/18\n      item: access resolution, item 4",
                       "valid_from: 1400/08/18\n    valid_until: 1400/08/17\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/08/18\n      item: access resolution, item 4", 1)
-            .replacen("  - agency: moh\n    service: nocr.identity\n    fields: [national_code, first_name, last_name]\n    purposes: [patient-identification]\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/08/18\n",
-                      "  - agency: moh\n    service: nocr.identity\n    fields: [national_code, first_name, last_name]\n    purposes: [patient-identification]\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/13/18\n", 1)
-            + "  - agency: moe\n    service: cra.shahkar.match\n    fields: [matched]\n    purposes: [x]\n    approved: { body: b, session: 1, date: 1400/01/01, item: '1' }\n"
-            + "  - agency: bmi\n    service: nocr.identity\n    fields: [first_name]\n    purpose: [kyc]\n"
+            .replacen("    agency: moh\n    service: nocr.identity\n    fields: [national_code, first_name, last_name]\n    purposes: [patient-identification]\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/08/18\n",
+                      "    agency: moh\n    service: nocr.identity\n    fields: [national_code, first_name, last_name]\n    purposes: [patient-identification]\n    approved:\n      body: interoperability-working-group\n      session: 26\n      date: 1400/13/18\n", 1)
+            + "  - id: moe-extra\n    agency: moe\n    service: cra.shahkar.match\n    fields: [matched]\n    purposes: [x]\n    approved: { body: b, session: 1, date: 1400/01/01, item: '1' }\n"
+            + "  - id: bmi-identity\n    agency: bmi\n    service: nocr.identity\n    fields: [first_name]\n    purpose: [kyc]\n"
     });
     // subscriptions: an event type nobody publishes.
     let subs = rewrite("subscriptions.yaml", &|t| {
@@ -164,7 +164,7 @@ fn several_errors_reported_together() {
             "service `inta.taxpayerz` is not in the catalog",
         ),
         (
-            at("grants.yaml", &grants, "ILLUSTRATIVE", "agency: moe"),
+            at("grants.yaml", &grants, "ILLUSTRATIVE", "id: moe-extra"),
             "grant moe → cra.shahkar.match: this agency already has a grant for this service",
         ),
         (
@@ -190,14 +190,14 @@ fn several_errors_reported_together() {
 #[test]
 fn missing_approval_is_explained() {
     let (dir, text) = broken_copy("grants.yaml", |t| {
-        t + "  - agency: bmi\n    service: cra.shahkar.match\n    fields: [matched]\n    purposes: [kyc]\n"
+        t + "  - id: bmi-shahkar\n    agency: bmi\n    service: cra.shahkar.match\n    fields: [matched]\n    purposes: [kyc]\n"
     });
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "{errs}");
     let (line, column) = locate(
         &text,
-        "  - agency: bmi\n    service: cra.shahkar.match",
-        "agency: bmi",
+        "  - id: bmi-shahkar\n    agency: bmi",
+        "id: bmi-shahkar",
     );
     assert_eq!(
         (errs.errors[0].line, errs.errors[0].column),
@@ -366,7 +366,7 @@ fn incomplete_approval_in_grant_is_rejected() {
         dir.path(),
         "grants.yaml",
         &text,
-        "  - agency: moe",
+        "    agency: moe",
         &[
             ("\"\"", "grant moe → cra.shahkar.match: approved.body is empty; name the approving body"),
             ("0\n      date", "grant moe → cra.shahkar.match: approved.session must be at least 1; write the number of the session"),
@@ -387,7 +387,7 @@ fn incomplete_approval_in_subscription_is_rejected() {
         dir.path(),
         "subscriptions.yaml",
         &text,
-        "  - agency: cbi",
+        "    agency: cbi",
         &[(
             "0, date",
             "subscription of cbi: approved.session must be at least 1",

@@ -414,10 +414,12 @@ agencies:
 
     const SUBSCRIPTIONS: &str = "
 subscriptions:
-  - agency: ihio
+  - id: ihio-events
+    agency: ihio
     event_types: [death.v1]
     approved: { body: interoperability-working-group, session: 26, date: 1400/08/18, item: '3' }
-  - agency: cbi
+  - id: cbi-events
+    agency: cbi
     event_types: [identity-change.v1, death.v1, death.v1]
     approved: { body: interoperability-working-group, session: 26, date: 1400/08/18, item: '3' }
 ";

@@ -273,7 +273,14 @@ pub async fn shutdown_signal() {
 /// Reloads what decides access on SIGHUP: the policy, then the CRLs and TLS material
 /// (each keeping the last good one when the new one is broken). Open connections and
 /// streams re-check their callers afterwards ([`Hub::access_changes`]).
-pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf, tls: Arc<TlsEdge>) {
+///
+/// `loader` says where the signatures are and whether they are required
+/// ([`crate::ops::signed::PolicyLoader::from_config`]).
+pub fn spawn_policy_reload(
+    hub: Arc<Hub>,
+    loader: crate::ops::signed::PolicyLoader,
+    tls: Arc<TlsEdge>,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -281,12 +288,12 @@ pub fn spawn_policy_reload(hub: Arc<Hub>, dir: std::path::PathBuf, tls: Arc<TlsE
             return;
         };
         while hup.recv().await.is_some() {
-            reload_policy(&hub, &dir).await;
+            reload_policy_with(&hub, &loader).await;
             reload_crls(&hub, &tls).await;
         }
     });
     #[cfg(not(unix))]
-    let _ = (hub, dir, tls);
+    let _ = (hub, loader, tls);
 }
 
 /// Re-reads the CRLs (and the CA and hub certificate) and puts them in force for new
@@ -330,8 +337,16 @@ pub async fn reload_crls(hub: &Arc<Hub>, tls: &Arc<TlsEdge>) -> bool {
 /// while loading — keeps the last good policy and logs one line of bounded length saying
 /// why; `tabadol policy check DIR` lists every error.
 pub async fn reload_policy(hub: &Hub, dir: &std::path::Path) -> bool {
-    let load_from = dir.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || Policy::load_dir(&load_from)).await;
+    reload_policy_with(hub, &crate::ops::signed::PolicyLoader::plain(dir)).await
+}
+
+/// [`reload_policy`] with the signatures checked as `loader` says: withdrawn grants are
+/// taken out, and with `require_signatures` a policy with an unsigned active grant is
+/// refused (each one logged) and the last good policy stays.
+pub async fn reload_policy_with(hub: &Hub, loader: &crate::ops::signed::PolicyLoader) -> bool {
+    let dir = loader.dir.clone();
+    let load = loader.clone();
+    let loaded = tokio::task::spawn_blocking(move || load.load()).await;
     match loaded {
         Ok(Ok(p)) => {
             hub.swap_policy(p);
@@ -346,6 +361,11 @@ pub async fn reload_policy(hub: &Hub, dir: &std::path::Path) -> bool {
                 first = %errors.summary(),
                 hint = "run `tabadol policy check` on the directory to list every error",
             );
+            if let crate::ops::signed::LoadError::Signatures(lines) = &errors {
+                for line in lines.iter().take(50) {
+                    tracing::error!(message = "policy reload refused", reason = %line);
+                }
+            }
             false
         }
         Err(failed) => {

@@ -164,14 +164,28 @@ pub enum PkiCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy directory; every error is reported with file:line:column.
-    Check { dir: PathBuf },
-    /// Explain what one agency may do (grants, fields, purposes, approvals).
+    /// Validate a policy directory; every error is reported with file:line:column. With
+    /// --ca (or --dev), also every grant's consent and approval signatures.
+    Check {
+        dir: PathBuf,
+        #[command(flatten)]
+        signatures: crate::ops::signed::SignatureArgs,
+    },
+    /// Explain what one agency may do (grants, fields, purposes, approvals; with --ca or
+    /// --dev, who consented and approved).
     Explain {
         #[arg(long, default_value = "policy/national")]
         dir: PathBuf,
         agency: String,
+        #[command(flatten)]
+        signatures: crate::ops::signed::SignatureArgs,
     },
+    /// Sign a grant or subscription as its provider (consent) or the secretariat
+    /// (approval), or withdraw it (--withdraw): a JWS into the signatures file.
+    Sign(crate::ops::signed::SignArgs),
+    /// Grants added, removed and changed between two policy directories, per agency,
+    /// marking grants whose signatures no longer match.
+    Diff(crate::ops::signed::DiffArgs),
     /// Print the Kafka ACLs the policy implies, as `kafka-acls.sh` commands (pipe to `sh`).
     ///
     /// Only the hub may write (topics prefixed `tabadol.`, idempotent producer); each
@@ -280,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handle = crate::ops::app::start(&cfg, policy, listener).await?;
             crate::ops::app::spawn_policy_reload(
                 handle.hub.clone(),
-                cfg.policy_dir.clone(),
+                crate::ops::signed::PolicyLoader::from_config(&cfg),
                 handle.tls.clone(),
             );
             crate::ops::app::shutdown_signal().await;
@@ -317,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handle = crate::ops::app::start(&env.config, env.policy.clone(), listener).await?;
             crate::ops::app::spawn_policy_reload(
                 handle.hub.clone(),
-                env.config.policy_dir.clone(),
+                crate::ops::signed::PolicyLoader::from_config(&env.config),
                 handle.tls.clone(),
             );
             println!("{}", crate::ops::dev::banner(&env, handle.addr));
@@ -378,28 +392,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { dir }) => match Policy::load_dir(&dir) {
-            Ok(p) => {
-                println!(
-                    "{}: ok ({} agencies, {} services, {} grants, {} subscriptions)",
-                    dir.display(),
-                    p.agencies().count(),
-                    p.services().count(),
-                    p.agencies()
-                        .map(|a| p.grants_for(&a.id).len())
-                        .sum::<usize>(),
-                    p.subscriptions().len()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("{}: {} error(s)", dir.display(), errors.len());
-                Ok(ExitCode::FAILURE)
-            }
-        },
-        Command::Policy(PolicyCommand::Explain { dir, agency }) => {
-            let policy = load_policy(&dir)?;
+        Command::Policy(PolicyCommand::Check { dir, signatures }) => {
+            crate::ops::signed::check_command(&dir, &signatures)
+        }
+        Command::Policy(PolicyCommand::Sign(args)) => crate::ops::signed::sign_command(&args),
+        Command::Policy(PolicyCommand::Diff(args)) => crate::ops::signed::diff_command(&args),
+        Command::Policy(PolicyCommand::Explain {
+            dir,
+            agency,
+            signatures,
+        }) => {
+            let signed = crate::ops::signed::explain_lines(&dir, &signatures)?;
+            let policy = match &signed {
+                Some(p) => p.clone(),
+                None => load_policy(&dir)?,
+            };
             let a = policy
                 .agency(&agency)
                 .ok_or_else(|| anyhow::anyhow!("agency `{agency}` is not in agencies.yaml"))?;
@@ -417,6 +424,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     g.purposes,
                     crate::inquiry::pipeline::approval_text(&g.approved)
                 );
+                if signed.is_some() {
+                    println!(
+                        "      signatures: {}",
+                        policy
+                            .signature_summary(tabadol_policy::signatures::Kind::Grant, &g.id)
+                            .unwrap_or("not checked")
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

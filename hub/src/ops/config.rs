@@ -38,6 +38,9 @@ pub struct Config {
     /// Bounds on the streams callers may hold open (connections: `tls.limits`).
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Signed grants: where the signatures are and whether they are required.
+    #[serde(default)]
+    pub policy: crate::ops::signed::PolicySection,
 }
 
 /// Bounds on what one connection, one agency and all callers together may hold open.
@@ -491,6 +494,9 @@ impl Config {
             }
         };
         fix(&mut self.policy_dir);
+        if let Some(p) = &mut self.policy.signatures {
+            fix(p);
+        }
         fix(&mut self.data_dir);
         fix(&mut self.tls.ca);
         fix(&mut self.tls.cert);
@@ -548,10 +554,12 @@ impl Config {
                 "events.tokenize_codes_per_day: give at least 1 (default 1000000)".to_owned(),
             );
         }
-        let policy = match Policy::load_dir(&self.policy_dir) {
+        // With the signatures checked: withdrawn grants are out, and under
+        // `policy.require_signatures` an unsigned active grant is an error.
+        let policy = match crate::ops::signed::PolicyLoader::from_config(self).load() {
             Ok(p) => Some(p),
             Err(e) => {
-                errors.extend(e.to_string().lines().map(str::to_owned));
+                errors.extend(e.lines());
                 None
             }
         };

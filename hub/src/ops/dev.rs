@@ -13,7 +13,7 @@ use crate::ops::config::{AuditSection, Config, KafkaSection, ProviderSection, Tl
 use crate::ops::pki::{ensure_dev_pki, PkiLayout};
 
 /// The shipped national policy, embedded so `tabadol dev` runs from anywhere.
-const EMBEDDED_POLICY: [(&str, &str); 4] = [
+const EMBEDDED_POLICY: [(&str, &str); 5] = [
     (
         "agencies.yaml",
         include_str!("../../../policy/national/agencies.yaml"),
@@ -29,6 +29,10 @@ const EMBEDDED_POLICY: [(&str, &str); 4] = [
     (
         "subscriptions.yaml",
         include_str!("../../../policy/national/subscriptions.yaml"),
+    ),
+    (
+        "secretariat.yaml",
+        include_str!("../../../policy/national/secretariat.yaml"),
     ),
 ];
 
@@ -93,6 +97,19 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
     if !report.issued.is_empty() {
         tracing::info!(message = "development PKI ready", issued = ?report.issued);
     }
+    // Every grant and subscription signed by its provider and the secretariat with the
+    // development PKI, so development needs no manual step (kept beside the PKI, not in
+    // the policy directory, which may be the repository's).
+    let signatures = opts.dir.join(tabadol_policy::signatures::SIGNATURES_FILE);
+    let signed =
+        crate::ops::signed::dev_sign(&policy_dir, &signatures, &layout, report.created_root)?;
+    if signed > 0 {
+        tracing::info!(
+            message = "development signatures written",
+            signatures = signed,
+            file = %signatures.display()
+        );
+    }
     let dataset = Arc::new(Dataset::generate(DATASET_SEED));
     let samples = opts.dir.join("samples.json");
     std::fs::write(&samples, serde_json::to_string_pretty(&dataset.samples())?)
@@ -133,6 +150,10 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         default_deadline_ms: 10_000,
         events: Default::default(),
         limits: Default::default(),
+        policy: crate::ops::signed::PolicySection {
+            require_signatures: false,
+            signatures: Some(signatures),
+        },
     };
     let policy = config.validate()?;
     Ok(DevEnv {

@@ -6,3 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod pki;
+pub mod signed;

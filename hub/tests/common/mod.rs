@@ -32,6 +32,7 @@ pub fn copy_policy() -> tempfile::TempDir {
         "services.yaml",
         "grants.yaml",
         "subscriptions.yaml",
+        "secretariat.yaml",
     ] {
         std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
     }

@@ -204,7 +204,7 @@ impl Inquiry for InquiryService {
                 inputs: s.inputs.iter().map(|i| i.name.clone()).collect(),
                 fields: g.fields.clone(),
                 purposes: g.purposes.clone(),
-                approved: crate::inquiry::pipeline::approval_text(&g.approved),
+                approved: crate::ops::signed::approval_with_signatures(&state.policy, g),
                 valid_from: g.valid_from.map(|d| d.to_string()).unwrap_or_default(),
                 valid_until: g.valid_until.map(|d| d.to_string()).unwrap_or_default(),
                 maintenance: s
