@@ -412,7 +412,9 @@ pub(crate) fn check(service: &Service, item: &Node) -> Vec<MappingProblem> {
         if !mapped.contains_key(o.as_str()) {
             push(
                 at("outputs"),
-                format!("{who}: output `{o}` has no pointer in http.outputs; write `{o}: /where/it/is`"),
+                format!(
+                    "{who}: output `{o}` has no pointer in http.outputs; write `{o}: /where/it/is`"
+                ),
             );
         }
     }
@@ -436,7 +438,12 @@ pub(crate) fn check(service: &Service, item: &Node) -> Vec<MappingProblem> {
         }
         if let Some(s) = rule.status {
             if !(200..=599).contains(&s) {
-                push(pos, format!("{who}: errors[{i}]: status {s} is not an HTTP answer status (200–599)"));
+                push(
+                    pos,
+                    format!(
+                        "{who}: errors[{i}]: status {s} is not an HTTP answer status (200–599)"
+                    ),
+                );
             } else if s >= 500 && rule.outcome != Outcome::Unavailable {
                 push(pos, format!("{who}: errors[{i}]: a {s} answer is always UNAVAILABLE (the provider failed); use outcome: unavailable or remove the rule"));
             }
@@ -460,8 +467,12 @@ mod tests {
         assert_eq!(pointer_tokens("").unwrap(), Vec::<String>::new());
         assert_eq!(pointer_tokens("/a~1b/c~0d").unwrap(), ["a/b", "c~d"]);
         assert_eq!(pointer_tokens("/").unwrap(), [""]);
-        assert!(pointer_tokens("data/x").unwrap_err().contains("start with `/`"));
-        assert!(pointer_tokens("/a~2").unwrap_err().contains("`~` must be followed"));
+        assert!(pointer_tokens("data/x")
+            .unwrap_err()
+            .contains("start with `/`"));
+        assert!(pointer_tokens("/a~2")
+            .unwrap_err()
+            .contains("`~` must be followed"));
     }
 
     #[test]
@@ -476,7 +487,9 @@ mod tests {
         );
         assert!(path_segments("post").is_err());
         assert!(path_segments("/a//b").is_err());
-        assert!(path_segments("/a/x{code}").unwrap_err().contains("whole segment"));
+        assert!(path_segments("/a/x{code}")
+            .unwrap_err()
+            .contains("whole segment"));
         assert!(path_segments("/a?b=1").is_err());
     }
 

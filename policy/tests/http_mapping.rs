@@ -45,10 +45,7 @@ fn error_lines(dir: &Path) -> Vec<String> {
 
 /// Asserts an error `services.yaml:LINE:COL: ...message...` exists.
 fn assert_error_at(errors: &[String], dir: &Path, (line, col): (usize, usize), message: &str) {
-    let prefix = format!(
-        "{}:{line}:{col}: ",
-        dir.join("services.yaml").display()
-    );
+    let prefix = format!("{}:{line}:{col}: ", dir.join("services.yaml").display());
     assert!(
         errors
             .iter()

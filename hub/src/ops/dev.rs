@@ -105,6 +105,11 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         ),
         ProviderSection::new("inta", "tax", simulators.tax.base_url()),
     ];
+    // The session-26 providers, reached through the generic adapter (`adapter: http`).
+    let mut providers = providers;
+    for (id, sim) in &simulators.session26 {
+        providers.push(ProviderSection::new(*id, "http", sim.base_url()));
+    }
     let config = Config {
         listen: opts.listen,
         policy_dir,
@@ -160,6 +165,7 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  samples:   {dir}/samples.json (subjects the simulators know)\
          \n  policy:    {policy}\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
+         \n             {more}\
          \n\nTry it:\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency cbi shahkar {nc} {mobile}\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency moh identity {nc}\
@@ -175,6 +181,13 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         s = env.simulators.shahkar.base_url(),
         c = env.simulators.civil_registry.base_url(),
         t = env.simulators.tax.base_url(),
+        more = env
+            .simulators
+            .session26
+            .iter()
+            .map(|(id, h)| format!("{id} {}", h.base_url()))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 
