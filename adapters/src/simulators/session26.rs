@@ -229,13 +229,13 @@ const ALLEYS: &[&str] = &[
 const SKILLS: &[(&str, &str)] = &[
     ("برق‌کار ساختمان", "7411-53-001-1"),
     ("جوشکاری با قوس الکتریکی", "7212-53-001-1"),
-    ("خیاط لباس زنانه", "7433-53-002-1"),
+    ("خیاط لباس", "7433-53-002-1"),
     ("تعمیرکار خودروهای سبک", "7231-53-004-1"),
     ("کاربر رایانه", "4112-53-001-1"),
     ("آشپز غذاهای ایرانی", "5122-53-001-1"),
     ("لوله‌کش ساختمان", "7136-53-003-1"),
     ("نقاش ساختمان", "7141-53-001-1"),
-    ("آرایشگر موی زنانه", "5141-53-005-1"),
+    ("تعمیرکار لوازم خانگی", "7421-53-005-1"),
     ("حسابدار عمومی", "3433-53-001-1"),
 ];
 const SKILL_GRADES: &[&str] = &["درجه ۱", "درجه ۲", "درجه ۳"];
@@ -368,8 +368,12 @@ impl Data {
             // provider knows.
             let all = i < 3;
             if all || rng.chance(35) {
+                let mut titles = HashSet::new();
                 for _ in 0..1 + rng.below(3) {
                     let (title, standard) = *rng.pick(SKILLS);
+                    if !titles.insert(title) {
+                        continue;
+                    }
                     skill_certificates.push(SkillCertificate {
                         national_code: p.national_code.clone(),
                         certificate_no: format!("{}", 100_000_000 + rng.below(900_000_000)),
@@ -382,7 +386,8 @@ impl Data {
                 }
             }
             if all || rng.chance(30) {
-                let issued = jalali(&mut rng, 1401, 1403);
+                // Issued in 1404, valid for a year.
+                let issued = jalali(&mut rng, 1404, 1404);
                 let valid_until = format!(
                     "{}{}",
                     issued[..4].parse::<u32>().unwrap_or(1401) + 1,
@@ -608,12 +613,17 @@ impl Data {
     pub(super) fn samples(&self, ds: &Dataset) -> Value {
         const N: usize = 5;
         let alive = |nc: &str| matches!(ds.death_date(nc), Some(None));
-        let applicant = ds
-            .persons()
-            .iter()
-            .take(3)
-            .find(|p| p.gender == Gender::Male && p.death_date.is_none());
-        let applicant = applicant.or_else(|| ds.persons().first());
+        // Among the first persons (every provider knows them): a living man, so that the
+        // police check says more than "not subject"; else anyone living.
+        let first = || {
+            ds.persons()
+                .iter()
+                .take(3)
+                .filter(|p| alive(&p.national_code))
+        };
+        let applicant = first()
+            .find(|p| p.gender == Gender::Male)
+            .or_else(|| first().next());
         let applicant = applicant.map(|p| {
             let clearance = self
                 .clearances
