@@ -72,7 +72,8 @@ enum Call {
     },
     /// Any catalog service through `Inquiry/Inquire`: `call SERVICE NAME=VALUE...`
     /// (e.g. `call post.address postal_code=1345678901`); every record is printed.
-    Call {
+    #[command(name = "call")]
+    Generic {
         service: String,
         /// Inputs as NAME=VALUE.
         params: Vec<String>,
@@ -93,7 +94,7 @@ fn service_of(call: &Call) -> Option<&'static str> {
         Call::Identity { .. } => Some("nocr.identity"),
         Call::Life { .. } => Some("nocr.life-status"),
         Call::Tax { .. } => Some("inta.taxpayer"),
-        Call::Call { .. } | Call::List | Call::Trace { .. } => None,
+        Call::Generic { .. } | Call::List | Call::Trace { .. } => None,
     }
 }
 
@@ -164,7 +165,7 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let channel = connect(&args.hub).await?;
     let service = match &args.call {
-        Call::Call { service, .. } => Some(service.as_str()),
+        Call::Generic { service, .. } => Some(service.as_str()),
         other => service_of(other),
     };
     let purpose = match (&args.purpose, service) {
@@ -222,7 +223,7 @@ async fn run() -> anyhow::Result<()> {
                 .await
                 .map(|r| format!("{:#?}", r.into_inner()))
         }
-        Call::Call {
+        Call::Generic {
             service,
             params,
             field,

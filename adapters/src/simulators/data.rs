@@ -392,12 +392,7 @@ impl Dataset {
             };
         }
         // Drawn from a stream of its own, so the data above stays as it was before.
-        let session26 = super::session26::Data::generate(
-            seed,
-            &persons,
-            &legal_entities,
-            &unknown_national_code,
-        );
+        let session26 = super::session26::Data::generate(seed, &persons, &legal_entities);
         Dataset {
             seed,
             session26,

@@ -331,13 +331,7 @@ fn mix(parts: &[&str]) -> u64 {
 
 impl Data {
     /// The session-26 subjects for `seed`, drawn from a stream of their own.
-    pub(super) fn generate(
-        seed: u64,
-        persons: &[Person],
-        entities: &[LegalEntity],
-        unknown_national_code: &str,
-    ) -> Data {
-        let _ = unknown_national_code;
+    pub(super) fn generate(seed: u64, persons: &[Person], entities: &[LegalEntity]) -> Data {
         let mut rng = SplitMix64(seed ^ 0x2600_1400_0818);
         let mut used = HashSet::new();
         let mut addresses = Vec::new();
@@ -582,10 +576,10 @@ impl Data {
             .filter_map(|(nc, name, no, wage)| {
                 let h = mix(&[&w.workshop_code, nc, &period]);
                 // One employee-month in ten is absent from the list; most work the full month.
-                if h % 10 == 0 {
+                if h.is_multiple_of(10) {
                     return None;
                 }
-                let days = if h % 3 == 0 {
+                let days = if h.is_multiple_of(3) {
                     full - (h / 7 % 10) as u32
                 } else {
                     full

@@ -833,6 +833,35 @@ mod tests {
         assert!(ok.providers.is_empty());
     }
 
+    /// A provider entry whose adapter differs from its services' (`adapter: http` in
+    /// services.yaml) and a zero breaker setting are reported naming the field; the breaker
+    /// defaults to 5 failures and 2 s.
+    #[test]
+    fn provider_adapter_must_match_the_catalog_and_breaker_is_checked() {
+        let cfg = config(
+            "providers:\n\
+             \x20 - { provider: post, adapter: tax, base_url: \"https://api.post.example\" }\n\
+             \x20 - { provider: sso, adapter: http, base_url: \"https://api.sso.example\", breaker: { failures: 0 } }\n",
+        );
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has(
+                "providers[0].adapter: `tax`, but service post.address is served by adapter `http`"
+            ),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[1].breaker: failures and open_ms must both be at least 1"),
+            "{errs:#?}"
+        );
+        let b = BreakerSection::default().circuit();
+        assert_eq!(
+            (b.failure_threshold, b.open_for),
+            (5, std::time::Duration::from_secs(2))
+        );
+    }
+
     #[test]
     fn kafka_section_rejects_unknown_keys_and_fixed_properties() {
         let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/national");

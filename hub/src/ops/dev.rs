@@ -159,6 +159,10 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         .as_str()
         .unwrap_or("09121234567")
         .to_owned();
+    let postal = sample["postal_codes"][0]["postal_code"]
+        .as_str()
+        .unwrap_or("1345678901")
+        .to_owned();
     format!(
         "Tabadol hub (dev) listening on https://{addr} (mutual TLS)\n\
          \n  PKI:       {dir}/pki (root ca.crt, agency certificates in agencies/<id>.crt|.key)\
@@ -169,6 +173,8 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n\nTry it:\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency cbi shahkar {nc} {mobile}\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency moh identity {nc}\
+         \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency rcs call post.address postal_code={postal}\
+         \n  cargo run --example eligibility -- --hub https://{addr} --dir {dir} --agency ikrf\
          \n  grpcurl -cacert {dir}/pki/ca.crt -cert {dir}/pki/agencies/cbi.crt -key {dir}/pki/agencies/cbi.key \\\
          \n      -d '{{\"context\":{{\"tracking_code\":\"TRK-0001\",\"purpose\":\"kyc\"}},\"national_code\":\"{nc}\"}}' \\\
          \n      {addr} tabadol.v1.CivilRegistry/GetLifeStatus\
