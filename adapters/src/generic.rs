@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{Map, Value};
 use tabadol_policy::http_mapping::{
-    path_segments, pointer_tokens, HttpMapping, HttpMethod, Outcome, Segment,
+    jalali_date, path_segments, pointer_tokens, HttpMapping, HttpMethod, Outcome, Segment,
 };
 
 use crate::breaker::CircuitConfig;
@@ -173,6 +173,7 @@ impl GenericAdapter {
                     None | Some(Value::Null) => {}
                     Some(v) => match scalar(v) {
                         Some(text) => {
+                            let text = self.translate(m, n, output, text)?;
                             record.insert(output.to_owned(), text);
                         }
                         None => {
@@ -184,9 +185,45 @@ impl GenericAdapter {
                     },
                 }
             }
+            if record.is_empty() {
+                return Err(self.http.protocol(format!(
+                    "record {n} has none of the outputs at the catalog's pointers"
+                )));
+            }
             records.push(record);
         }
         Ok(ProviderResponse { records })
+    }
+
+    /// `text` as the hub answers it: through the output's `http.values` table and, for a
+    /// `http.jalali_dates` output, in the form `YYYY/MM/DD`. The provider's value is never
+    /// quoted in the error.
+    fn translate(
+        &self,
+        m: &HttpMapping,
+        n: usize,
+        output: &str,
+        text: String,
+    ) -> Result<String, ProviderError> {
+        let text = match m.values.value(output) {
+            None => text,
+            Some(table) => match table.get(&text) {
+                Some(v) => v.to_owned(),
+                None => {
+                    return Err(self.http.protocol(format!(
+                        "record {n}: output {output} has a value http.values does not list"
+                    )))
+                }
+            },
+        };
+        if m.jalali_dates.iter().any(|d| d == output) {
+            return jalali_date(&text).ok_or_else(|| {
+                self.http.protocol(format!(
+                    "record {n}: output {output} is not a Jalali date (YYYY-MM-DD, YYYYMMDD or YYYY/MM/DD)"
+                ))
+            });
+        }
+        Ok(text)
     }
 
     /// A non-2xx answer no rule maps: 4xx is a refusal of this request, named by status only.

@@ -315,3 +315,84 @@ async fn generic_provider_over_mutual_tls_and_the_wrong_ca() {
     assert_eq!(sim.requests(), 1, "the refused call never reached the Post");
     hub.stop().await;
 }
+
+/// The tax administration, formerly a hand-written adapter, is now a catalog entry: the
+/// typed `Tax/GetTaxpayer` answers as before (state translated by `http.values`, the date
+/// normalized by `http.jalali_dates`), an unknown subject is NOT_FOUND, and a state or date
+/// the catalog does not list is UNAVAILABLE without quoting the provider.
+#[tokio::test]
+async fn tax_runs_on_the_generic_adapter() {
+    use tabadol_proto::v1::get_taxpayer_request::Subject;
+    use tabadol_proto::v1::tax_client::TaxClient;
+    use tabadol_proto::v1::GetTaxpayerRequest;
+
+    let hub = TestHub::start().await;
+    let ask = |nc: String| GetTaxpayerRequest {
+        context: ctx("TRK-TAX-GEN-1", "credit-assessment"),
+        subject: Some(Subject::NationalCode(nc)),
+    };
+    for t in hub.samples()["taxpayers"].as_array().unwrap() {
+        let nc = t["national_code"].as_str().unwrap().to_owned();
+        let file = hub.dataset.taxpayer_by_national_code(&nc).unwrap();
+        let r = TaxClient::new(hub.channel("cbi").await)
+            .get_taxpayer(ask(nc))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, t["status"].as_str().unwrap());
+        assert_eq!(
+            r.registered_on, file.registered_on,
+            "YYYY/MM/DD from INTA's YYYY-MM-DD"
+        );
+        assert_eq!(r.tax_office, file.office_name);
+    }
+    let e = TaxClient::new(hub.channel("cbi").await)
+        .get_taxpayer(ask(hub.dataset.unknown_national_code().to_owned()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    hub.stop().await;
+
+    // An INTA answering a state and a date the catalog does not know.
+    let odd = Router::new().route(
+        "/inta/taxpayers",
+        get(|| async {
+            Json(
+                json!({"status": "OK", "data": {"taxpayerId": "1", "name": "x",
+                "state": "FROZEN-BY-ORDER-7781", "registeredOn": "1398-02-15",
+                "office": {"code": "1", "name": "y"}}}),
+            )
+        }),
+    );
+    let sim = serve_router(odd, ANY, None).await.unwrap();
+    let base = sim.base_url();
+    let hub = TestHub::start_configured(None, common::policy_dir(), move |_, cfg| {
+        cfg.providers
+            .iter_mut()
+            .find(|p| p.provider == "inta")
+            .unwrap()
+            .base_url = base;
+    })
+    .await;
+    let nc = hub.samples()["taxpayers"][0]["national_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = TaxClient::new(hub.channel("cbi").await)
+        .get_taxpayer(ask(nc))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("inta") && e.message().contains("http.values"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        !e.message().contains("FROZEN"),
+        "provider text is not passed on: {}",
+        e.message()
+    );
+    hub.stop().await;
+    sim.shutdown().await;
+}

@@ -55,6 +55,29 @@ pub struct HttpMapping {
     /// Rules mapping the provider's answers to outcomes; the first that matches decides.
     #[serde(default)]
     pub errors: Vec<ErrorRule>,
+    /// Output → (the provider's value → the value the hub answers); a value not listed is
+    /// refused as an unexpected answer.
+    #[serde(default)]
+    pub values: Pairs<Pairs>,
+    /// Outputs holding a Jalali date the provider writes `YYYY-MM-DD`, `YYYYMMDD` or
+    /// `YYYY/MM/DD`; the hub answers `YYYY/MM/DD` (and refuses a date that does not exist).
+    #[serde(default)]
+    pub jalali_dates: Vec<String>,
+}
+
+/// A provider's Jalali date in the hub's form `YYYY/MM/DD`, or `None` when it is not one.
+pub fn jalali_date(value: &str) -> Option<String> {
+    let v = value.trim();
+    let spaced;
+    let v = if v.len() == 8 && v.bytes().all(|b| b.is_ascii_digit()) {
+        spaced = format!("{}/{}/{}", &v[..4], &v[4..6], &v[6..]);
+        spaced.as_str()
+    } else {
+        v
+    };
+    v.parse::<crate::jalali::JalaliDate>()
+        .ok()
+        .map(|d| d.to_string())
 }
 
 /// The HTTP method of a call.
@@ -108,8 +131,26 @@ impl ErrorRule {
 
 /// A YAML mapping kept as written: its pairs in order, duplicates included (so that a key
 /// written twice is reported, not silently replaced).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pairs(pub Vec<(String, String)>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairs<T = String>(pub Vec<(String, T)>);
+
+impl<T> Default for Pairs<T> {
+    fn default() -> Self {
+        Pairs(Vec::new())
+    }
+}
+
+impl<T> Pairs<T> {
+    /// The value of the first pair with key `key`.
+    pub fn value(&self, key: &str) -> Option<&T> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The pairs in order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
 
 impl Pairs {
     /// The value of the first pair with key `key`.
@@ -126,23 +167,23 @@ impl Pairs {
     }
 }
 
-impl<'de> Deserialize<'de> for Pairs {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Pairs<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Pairs;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Pairs<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of names to text")
+                f.write_str("a mapping")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Pairs, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Pairs<T>, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                while let Some((k, v)) = m.next_entry::<String, T>()? {
                     out.push((k, v));
                 }
                 Ok(Pairs(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -418,6 +459,35 @@ pub(crate) fn check(service: &Service, item: &Node) -> Vec<MappingProblem> {
             );
         }
     }
+    // Value translations and dates.
+    let values_node = node.and_then(|n| n.get("values"));
+    let mut translated = HashSet::new();
+    for (i, (name, _)) in m.values.entries().enumerate() {
+        let pos = pair_pos(values_node, i, true, at("values"));
+        if !declared.contains(name) {
+            push(
+                pos,
+                format!(
+                    "{who}: http.values names `{name}`, which is not an output of this service"
+                ),
+            );
+        } else if !translated.insert(name) {
+            push(
+                pos,
+                format!("{who}: http.values lists `{name}` twice; keep one mapping"),
+            );
+        }
+    }
+    let dates_node = node.and_then(|n| n.get("jalali_dates"));
+    for (i, name) in m.jalali_dates.iter().enumerate() {
+        if !declared.contains(name.as_str()) {
+            let pos = match dates_node.map(|n| &n.kind) {
+                Some(Kind::Seq(items)) => items.get(i).map_or(at("jalali_dates"), |n| n.pos),
+                _ => at("jalali_dates"),
+            };
+            push(pos, format!("{who}: http.jalali_dates names `{name}`, which is not an output of this service"));
+        }
+    }
     // Errors.
     if let Some(p) = &m.error_code {
         if let Err(e) = pointer_tokens(p) {
@@ -491,6 +561,15 @@ mod tests {
             .unwrap_err()
             .contains("whole segment"));
         assert!(path_segments("/a?b=1").is_err());
+    }
+
+    #[test]
+    fn jalali_dates_take_the_providers_forms() {
+        assert_eq!(jalali_date("1398-02-15").as_deref(), Some("1398/02/15"));
+        assert_eq!(jalali_date("13980215").as_deref(), Some("1398/02/15"));
+        assert_eq!(jalali_date("1398/2/5").as_deref(), Some("1398/02/05"));
+        assert_eq!(jalali_date("1398/13/01"), None);
+        assert_eq!(jalali_date("soon"), None);
     }
 
     #[test]

@@ -233,3 +233,37 @@ fn the_section_goes_with_adapter_http_only() {
         "an `http:` section is only read by `adapter: http`",
     );
 }
+
+/// `values:` and `jalali_dates:` may only name outputs of the service.
+#[test]
+fn value_tables_and_dates_name_outputs() {
+    let extra = "  - id: test.values
+    national_service_id: \"99011000105\"
+    provider: nocr
+    adapter: http
+    operation: lookup
+    title_fa: آزمایش
+    title_en: Values
+    inputs: [{ name: national_code, kind: national_code, required: true }]
+    outputs: [state, since]
+    http:
+      path: /x/{national_code}
+      outputs: { state: /state, since: /since }
+      values: { stat: { A: active } }
+      jalali_dates: [since, until]
+";
+    let (dir, text) = with_service(extra);
+    let errors = error_lines(dir.path());
+    assert_error_at(
+        &errors,
+        dir.path(),
+        locate(&text, "id: test.values", "stat:"),
+        "http.values names `stat`, which is not an output of this service",
+    );
+    assert_error_at(
+        &errors,
+        dir.path(),
+        locate(&text, "id: test.values", "until"),
+        "http.jalali_dates names `until`, which is not an output",
+    );
+}

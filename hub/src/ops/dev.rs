@@ -103,7 +103,7 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             "civil-registry",
             simulators.civil_registry.base_url(),
         ),
-        ProviderSection::new("inta", "tax", simulators.tax.base_url()),
+        ProviderSection::new("inta", "http", simulators.tax.base_url()),
     ];
     // The session-26 providers, reached through the generic adapter (`adapter: http`).
     let mut providers = providers;

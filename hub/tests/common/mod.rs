@@ -201,6 +201,27 @@ impl TestHub {
     }
 }
 
+/// The `providers:` entries (YAML flow mappings, one a line, each starting `  - `) of every
+/// simulator in `sims`: the three hand-written adapters and the session-26 providers
+/// behind the generic adapter.
+pub fn providers_yaml(sims: &Simulators) -> String {
+    let mut out = format!(
+        "  - {{ provider: nocr, adapter: civil-registry, base_url: \"{}\" }}\n\
+         \x20 - {{ provider: cra, adapter: shahkar, base_url: \"{}\" }}\n\
+         \x20 - {{ provider: inta, adapter: http, base_url: \"{}\" }}\n",
+        sims.civil_registry.base_url(),
+        sims.shahkar.base_url(),
+        sims.tax.base_url()
+    );
+    for (id, h) in &sims.session26 {
+        out.push_str(&format!(
+            "  - {{ provider: {id}, adapter: http, base_url: \"{}\" }}\n",
+            h.base_url()
+        ));
+    }
+    out
+}
+
 pub fn ctx(tracking: &str, purpose: &str) -> Option<InquiryContext> {
     Some(InquiryContext {
         tracking_code: tracking.into(),
