@@ -6,7 +6,13 @@
 //! config.timeout)` and a small circuit breaker ([`breaker::CircuitBreaker`]). Adapters answer
 //! with flat [`Record`]s so the hub can minimize fields without knowing any provider.
 //!
-//! [`simulators`] runs the three providers as real HTTP servers over deterministic synthetic data
+//! The shipped catalog serves the tax administration and the session-26 providers with the
+//! generic adapter ([`generic`]); Shahkar and the civil registry keep hand-written adapters
+//! because their protocols need code (Shahkar's response codes decide a match; NOCR's life
+//! status must be checked for consistency and answers an empty death date while alive).
+//! The `tax` adapter kind remains available.
+//!
+//! [`simulators`] runs every provider as a real HTTP server over deterministic synthetic data
 //! for `tabadol dev` and for tests.
 #![forbid(unsafe_code)]
 
@@ -56,7 +62,8 @@ pub struct ProviderRequest {
 /// What a provider answered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProviderResponse {
-    /// Answer rows; the three built-in providers always answer exactly one.
+    /// Answer rows; Shahkar, the civil registry and tax always answer exactly one, a list
+    /// service (`records:` in its `http:` section) any number.
     pub records: Vec<Record>,
 }
 
