@@ -602,3 +602,119 @@ async fn ssaa_legal_person_end_to_end() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     hub.stop().await;
 }
+
+/// Every session-26 service, one after another: answered for its grantee, PERMISSION_DENIED
+/// for an agency without a grant (before any provider call), and UNAVAILABLE naming the
+/// provider once its simulator is down.
+#[tokio::test]
+async fn every_service_allowed_denied_and_down() {
+    let policy = policy_with_grants(&format!(
+        "  - agency: tso\n    service: sso.insurance-list\n    fields: [national_code]\n    purposes: [subsidy-eligibility]\n    approved: {TEST_APPROVAL}\n\
+         \x20 - agency: cbi\n    service: ssaa.legal-person\n    fields: [name]\n    purposes: [kyc]\n    approved: {TEST_APPROVAL}\n"
+    ));
+    let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
+    let data = hub.dataset.session26();
+    let cert = data
+        .skill_certificates
+        .first()
+        .unwrap()
+        .national_code
+        .clone();
+    let clearance = &data.clearances[0];
+    let degree = data.degrees[0].national_code.clone();
+    let student = data.students[0].national_code.clone();
+    let soldier = data.military[0].national_code.clone();
+    let w = &data.workshops[0];
+    let cases: Vec<(&str, &str, &str, &str, Vec<(&str, &str)>)> = vec![
+        (
+            "post",
+            "rcs",
+            "post.address",
+            RED_CRESCENT,
+            vec![("postal_code", &data.addresses[1].postal_code)],
+        ),
+        (
+            "tvto",
+            "ikrf",
+            "tvto.skill-certificates",
+            RELIEF,
+            vec![("national_code", &cert)],
+        ),
+        (
+            "judiciary",
+            "ikrf",
+            "judiciary.clearance-authenticity",
+            RELIEF,
+            vec![
+                ("national_code", &clearance.national_code),
+                ("certificate_serial", &clearance.serial),
+            ],
+        ),
+        (
+            "msrt",
+            "ikrf",
+            "msrt.last-degree",
+            RELIEF,
+            vec![("national_code", &degree)],
+        ),
+        (
+            "msrt",
+            "ikrf",
+            "msrt.student-status",
+            RELIEF,
+            vec![("national_code", &student)],
+        ),
+        (
+            "police",
+            "ikrf",
+            "police.military-service",
+            RELIEF,
+            vec![("national_code", &soldier)],
+        ),
+        (
+            "sso",
+            "tso",
+            "sso.insurance-list",
+            "subsidy-eligibility",
+            vec![
+                ("enterprise_id", &w.legal_entity_id),
+                ("workshop_code", &w.workshop_code),
+                ("branch_code", &w.branch_code),
+                ("year", "1402"),
+                ("month", "12"),
+            ],
+        ),
+        (
+            "ssaa",
+            "cbi",
+            "ssaa.legal-person",
+            "kyc",
+            vec![("legal_entity_id", &data.legal_persons[1].legal_entity_id)],
+        ),
+    ];
+    for (provider, agency, service, purpose, params) in &cases {
+        let resp = inquire(&hub, agency, service, purpose, params)
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e:?}"));
+        assert_eq!(&resp.provider, provider);
+        assert!(!resp.records.is_empty(), "{service}");
+        let e = inquire(&hub, "moh", service, purpose, params)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{service}: {e:?}");
+    }
+    for (provider, agency, service, purpose, params) in &cases {
+        hub.sims.session26[provider].shutdown().await;
+        let e = inquire(&hub, agency, service, purpose, params)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{service}: {e:?}");
+        assert!(
+            e.message()
+                .starts_with(&format!("provider {provider} is unavailable")),
+            "{service}: {}",
+            e.message()
+        );
+    }
+    hub.stop().await;
+}
