@@ -396,3 +396,50 @@ async fn tax_runs_on_the_generic_adapter() {
     hub.stop().await;
     sim.shutdown().await;
 }
+
+/// A YAML-only provider's answer above its `max_body_bytes` is UNAVAILABLE naming the
+/// provider and the cap; a smaller one under the same cap is answered.
+#[tokio::test]
+async fn a_generic_providers_answer_is_capped() {
+    let policy = copy_policy();
+    append(policy.path(), "agencies.yaml", AGENCY);
+    append(policy.path(), "services.yaml", SERVICE);
+    append(policy.path(), "grants.yaml", GRANT);
+    // Station 1 answers 3 days; station 2 answers 5,000 (about 250 KB).
+    let router = Router::new().route(
+        "/irimo/v3/stations/{station}/daily",
+        get(|Path(station): Path<String>| async move {
+            let n = if station == "2" { 5_000 } else { 3 };
+            let days: Vec<_> = (0..n)
+                .map(|i| json!({"d": format!("1403/01/{:02}", i % 29 + 1), "t": {"max": 20, "min": 10}, "rain": 1}))
+                .collect();
+            Json(json!({"result": {"days": days}}))
+        }),
+    );
+    let sim = serve_router(router, ANY, None).await.unwrap();
+    let base = sim.base_url();
+    let dir = policy.path().to_owned();
+    let hub = TestHub::start_reconfigured(move |_, cfg| {
+        cfg.policy_dir = dir;
+        let mut p = ProviderSection::new("irimo", "http", base);
+        p.max_body_bytes = 16 * 1024;
+        cfg.providers.push(p);
+    })
+    .await;
+    let small = observations(&hub, &[("station", "1"), ("year", "1403"), ("month", "1")])
+        .await
+        .unwrap();
+    assert_eq!(small.records.len(), 3);
+    let e = observations(&hub, &[("station", "2"), ("year", "1403"), ("month", "1")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().starts_with("provider irimo is unavailable")
+            && e.message().contains("limit of 16384 bytes"),
+        "{}",
+        e.message()
+    );
+    hub.stop().await;
+    sim.shutdown().await;
+}
