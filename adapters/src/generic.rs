@@ -122,7 +122,15 @@ impl GenericAdapter {
             return Err(match rule.outcome {
                 Outcome::NotFound => ProviderError::NotFound {
                     provider: provider.to_owned(),
-                    what: format!("what operation {} asked for", req.operation),
+                    // The inputs by name, never their values.
+                    what: format!(
+                        "the given {}",
+                        req.params
+                            .keys()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 },
                 Outcome::InvalidArgument => ProviderError::Invalid {
                     provider: provider.to_owned(),
