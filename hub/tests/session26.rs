@@ -603,6 +603,9 @@ async fn ssaa_legal_person_end_to_end() {
     hub.stop().await;
 }
 
+/// Provider, agency, service, purpose and inputs of one call.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 /// Every session-26 service, one after another: answered for its grantee, PERMISSION_DENIED
 /// for an agency without a grant (before any provider call), and UNAVAILABLE naming the
 /// provider once its simulator is down.
@@ -625,7 +628,7 @@ async fn every_service_allowed_denied_and_down() {
     let student = data.students[0].national_code.clone();
     let soldier = data.military[0].national_code.clone();
     let w = &data.workshops[0];
-    let cases: Vec<(&str, &str, &str, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "post",
             "rcs",
