@@ -5,6 +5,8 @@
 //! cargo run --example inquire -- --agency moh identity 0012345679
 //! cargo run --example inquire -- --agency cbi life 0012345679
 //! cargo run --example inquire -- --agency cbi tax --legal-entity 10101234567
+//! cargo run --example inquire -- --agency rcs call post.address postal_code=1345678901
+//! cargo run --example inquire -- --agency ikrf call tvto.skill-certificates national_code=0012345679
 //! cargo run --example inquire -- --agency cbi list
 //! cargo run --example inquire -- --agency cbi trace TRK-EXAMPLE-1
 //! cargo run --example inquire -- --agency cbi --purpose kyc life 0012345679
@@ -24,8 +26,8 @@ use tabadol_proto::v1::inquiry_client::InquiryClient;
 use tabadol_proto::v1::shahkar_client::ShahkarClient;
 use tabadol_proto::v1::tax_client::TaxClient;
 use tabadol_proto::v1::{
-    GetIdentityRequest, GetLifeStatusRequest, GetTaxpayerRequest, GrantedService,
-    ListServicesRequest, MatchMobileRequest, TraceRequest,
+    GetIdentityRequest, GetLifeStatusRequest, GetTaxpayerRequest, GrantedService, InquireRequest,
+    InquireResponse, ListServicesRequest, MatchMobileRequest, TraceRequest,
 };
 use tonic::transport::Channel;
 
@@ -68,6 +70,17 @@ enum Call {
         #[arg(long)]
         legal_entity: Option<String>,
     },
+    /// Any catalog service through `Inquiry/Inquire`: `call SERVICE NAME=VALUE...`
+    /// (e.g. `call post.address postal_code=1345678901`); every record is printed.
+    #[command(name = "call")]
+    Generic {
+        service: String,
+        /// Inputs as NAME=VALUE.
+        params: Vec<String>,
+        /// Ask for these fields only.
+        #[arg(long)]
+        field: Vec<String>,
+    },
     /// What this agency may call.
     List,
     /// The audit trail of a tracking code (your own only).
@@ -81,7 +94,7 @@ fn service_of(call: &Call) -> Option<&'static str> {
         Call::Identity { .. } => Some("nocr.identity"),
         Call::Life { .. } => Some("nocr.life-status"),
         Call::Tax { .. } => Some("inta.taxpayer"),
-        Call::List | Call::Trace { .. } => None,
+        Call::Generic { .. } | Call::List | Call::Trace { .. } => None,
     }
 }
 
@@ -124,6 +137,25 @@ async fn granted_purpose(channel: Channel, agency: &str, service: &str) -> anyho
         })
 }
 
+/// An Inquire answer as `provider`, then one block per record with its fields sorted.
+fn records_text(r: &InquireResponse) -> String {
+    let mut out = format!(
+        "provider: {}\ninquiry_id: {}\nrecords: {}\n",
+        r.provider,
+        r.inquiry_id,
+        r.records.len()
+    );
+    for (i, rec) in r.records.iter().enumerate() {
+        out.push_str(&format!("[{}]\n", i + 1));
+        let mut fields: Vec<_> = rec.fields.iter().collect();
+        fields.sort();
+        for (k, v) in fields {
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tabadol_examples::finish(run().await)
@@ -132,7 +164,11 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let channel = connect(&args.hub).await?;
-    let purpose = match (&args.purpose, service_of(&args.call)) {
+    let service = match &args.call {
+        Call::Generic { service, .. } => Some(service.as_str()),
+        other => service_of(other),
+    };
+    let purpose = match (&args.purpose, service) {
         (Some(p), _) => p.clone(),
         (None, Some(service)) => {
             granted_purpose(channel.clone(), &args.hub.agency, service).await?
@@ -186,6 +222,28 @@ async fn run() -> anyhow::Result<()> {
                 })
                 .await
                 .map(|r| format!("{:#?}", r.into_inner()))
+        }
+        Call::Generic {
+            service,
+            params,
+            field,
+        } => {
+            let mut inputs = std::collections::HashMap::new();
+            for p in &params {
+                let Some((k, v)) = p.split_once('=') else {
+                    anyhow::bail!("input `{p}` is not NAME=VALUE, e.g. national_code=0012345679");
+                };
+                inputs.insert(k.to_owned(), v.to_owned());
+            }
+            InquiryClient::new(channel)
+                .inquire(InquireRequest {
+                    context: ctx(),
+                    service,
+                    params: inputs,
+                    fields: field,
+                })
+                .await
+                .map(|r| records_text(&r.into_inner()))
         }
         Call::List => InquiryClient::new(channel)
             .list_services(ListServicesRequest {})

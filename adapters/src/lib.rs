@@ -1,11 +1,18 @@
-//! Provider adapters (Shahkar, civil registry, tax) behind one [`Provider`] trait, and simulators of those providers.
+//! Provider adapters (Shahkar, civil registry, tax, and the generic HTTP/JSON adapter driven
+//! by the catalog) behind one [`Provider`] trait, and simulators of those providers.
 //!
 //! Every adapter talks to its provider over HTTP/JSON in the provider's own wire format, with one
 //! pooled [`reqwest::Client`] per adapter, a per-call timeout of `min(request.timeout,
 //! config.timeout)` and a small circuit breaker ([`breaker::CircuitBreaker`]). Adapters answer
 //! with flat [`Record`]s so the hub can minimize fields without knowing any provider.
 //!
-//! [`simulators`] runs the three providers as real HTTP servers over deterministic synthetic data
+//! The shipped catalog serves the tax administration and the session-26 providers with the
+//! generic adapter ([`generic`]); Shahkar and the civil registry keep hand-written adapters
+//! because their protocols need code (Shahkar's response codes decide a match; NOCR's life
+//! status must be checked for consistency and answers an empty death date while alive).
+//! The `tax` adapter kind remains available.
+//!
+//! [`simulators`] runs every provider as a real HTTP server over deterministic synthetic data
 //! for `tabadol dev` and for tests.
 #![forbid(unsafe_code)]
 
@@ -19,6 +26,7 @@ use futures::future::BoxFuture;
 
 pub mod breaker;
 pub mod civil_registry;
+pub mod generic;
 mod http;
 pub mod shahkar;
 pub mod simulators;
@@ -46,12 +54,16 @@ pub struct ProviderRequest {
     pub tracking_code: String,
     /// What is left of the caller's deadline; the adapter waits at most `min(timeout, config.timeout)`.
     pub timeout: Duration,
+    /// The service's `http:` catalog section, read by the generic adapter ([`generic`]);
+    /// the hand-written adapters ignore it.
+    pub mapping: Option<Arc<tabadol_policy::http_mapping::HttpMapping>>,
 }
 
 /// What a provider answered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProviderResponse {
-    /// Answer rows; the three built-in providers always answer exactly one.
+    /// Answer rows; Shahkar, the civil registry and tax always answer exactly one, a list
+    /// service (`records:` in its `http:` section) any number.
     pub records: Vec<Record>,
 }
 
@@ -70,6 +82,9 @@ pub enum ProviderError {
     /// The provider refused the request as invalid (4xx other than 404), or inputs were missing.
     #[error("provider {provider} rejected the request: {message}")]
     Rejected { provider: String, message: String },
+    /// The provider refused the inputs as invalid, as the catalog's `http.errors` says.
+    #[error("provider {provider} refused the request as invalid: {message}")]
+    Invalid { provider: String, message: String },
     /// The provider answered something this adapter cannot understand.
     #[error("provider {provider} answered in an unexpected format: {message}")]
     Protocol { provider: String, message: String },
@@ -88,6 +103,7 @@ impl ProviderError {
             | Self::Timeout { provider, .. }
             | Self::NotFound { provider, .. }
             | Self::Rejected { provider, .. }
+            | Self::Invalid { provider, .. }
             | Self::Protocol { provider, .. }
             | Self::UnknownOperation { provider, .. } => provider,
         }
@@ -111,11 +127,13 @@ pub enum AdapterKind {
     CivilRegistry,
     /// National tax administration (`tax`).
     Tax,
+    /// Any provider's HTTP/JSON API, as the service's `http:` catalog section says (`http`).
+    Http,
 }
 
 impl AdapterKind {
     /// Every kind, in catalog spelling order.
-    pub const ALL: [AdapterKind; 3] = [Self::Shahkar, Self::CivilRegistry, Self::Tax];
+    pub const ALL: [AdapterKind; 4] = [Self::Shahkar, Self::CivilRegistry, Self::Tax, Self::Http];
 
     /// The name used in `services.yaml` (`adapter:`) and in config.
     pub fn as_str(self) -> &'static str {
@@ -123,6 +141,7 @@ impl AdapterKind {
             Self::Shahkar => "shahkar",
             Self::CivilRegistry => "civil-registry",
             Self::Tax => "tax",
+            Self::Http => "http",
         }
     }
 }
@@ -187,7 +206,7 @@ impl AdapterConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// `adapter:` names no known adapter.
-    #[error("unknown adapter kind {kind:?}; expected one of shahkar, civil-registry, tax")]
+    #[error("unknown adapter kind {kind:?}; expected one of shahkar, civil-registry, tax, http")]
     UnknownKind { kind: String },
     /// The base URL does not parse, is not http(s), or is plain http to a host that is not
     /// loopback.
@@ -228,6 +247,7 @@ pub fn build_with_circuit(
             Arc::new(civil_registry::CivilRegistryAdapter::new(cfg, circuit)?)
         }
         AdapterKind::Tax => Arc::new(tax::TaxAdapter::new(cfg, circuit)?),
+        AdapterKind::Http => Arc::new(generic::GenericAdapter::new(cfg, circuit)?),
     })
 }
 

@@ -243,3 +243,67 @@ async fn published_death_reaches_the_subscriber_example() {
     );
     dev.stop().await;
 }
+
+/// The Relief Committee's eligibility check (R7) as a program against `tabadol dev`: one
+/// InquireMany across five providers gives a verdict with a reason per provider; with the
+/// police down, the others still answer and the verdict is undetermined, naming the police.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eligibility_example_gives_a_verdict_per_provider() {
+    let dev = Dev::start().await;
+    let s = dev.samples();
+    let nc = s["eligibility_applicant"]["national_code"]
+        .as_str()
+        .expect("samples.json names an applicant")
+        .to_owned();
+    let out = dev.run("eligibility", dev.hub_args("ikrf")).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("applicant {nc}")), "{stdout}");
+    for line in [
+        "[ok  ] civil registry (nocr)",
+        "[ok  ] judiciary",
+        "[ok  ] police (military service)",
+        "[info] vocational training (tvto)",
+        "Verdict: ELIGIBLE",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // A made-up certificate serial: the judiciary does not know it, so not eligible.
+    let mut args = dev.hub_args("ikrf");
+    args.extend([nc.clone(), "--serial".into(), "1111222233334444".into()]);
+    let out = dev.run("eligibility", args).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("[FAIL] judiciary"), "{stdout}");
+    assert!(stdout.contains("Verdict: NOT ELIGIBLE"), "{stdout}");
+
+    dev.env.simulators.session26["police"].shutdown().await;
+    let out = dev.run("eligibility", dev.hub_args("ikrf")).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[??  ] police (military service)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("provider police is unavailable"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[ok  ] civil registry (nocr)"), "{stdout}");
+    assert!(stdout.contains("[ok  ] judiciary"), "{stdout}");
+    assert!(stdout.contains("Verdict: UNDETERMINED"), "{stdout}");
+    // Another agency has no grants for these: it gets no verdict of eligibility.
+    let out = dev.run("eligibility", dev.hub_args("rcs")).await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    dev.stop().await;
+}

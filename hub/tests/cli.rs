@@ -70,6 +70,60 @@ fn broken_grant_is_reported_with_line() {
     assert!(stderr.contains("salary"), "{stderr}");
 }
 
+/// `policy check` reports broken `http:` mappings of the shipped catalog at
+/// file:line:column: an unknown input in the query, an output mapped twice, a bad pointer.
+#[test]
+fn broken_http_mapping_is_reported_with_positions() {
+    let dir = common::copy_policy();
+    let path = dir.path().join("services.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replacen(
+            "query: { nationalCode: national_code }",
+            "query: { nationalCode: national_kode }",
+            1,
+        )
+        .replacen(
+            "        level: /degree/level\n",
+            "        level: /degree/level\n        level: /degree/grade\n",
+            1,
+        )
+        .replacen(
+            "        name: /legalPerson/name\n",
+            "        name: legalPerson/name\n",
+            1,
+        );
+    std::fs::write(&path, &text).unwrap();
+    let out = tabadol()
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |needle: &str| {
+        let i = text.find(needle).expect("edited text present");
+        let line = text[..i].matches('\n').count() + 1;
+        let col = text[..i].rsplit('\n').next().unwrap().chars().count() + 1;
+        format!("services.yaml:{line}:{col}: ")
+    };
+    for (pos, message) in [
+        (
+            at("national_kode"),
+            "uses `national_kode`, which is not an input",
+        ),
+        (at("level: /degree/grade"), "output `level` is mapped twice"),
+        (at("legalPerson/name"), "is not a JSON pointer"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&pos) && l.contains(message)),
+            "expected {pos}…{message} in:\n{stderr}"
+        );
+    }
+}
+
 /// Every config problem is listed together and the hub does not start.
 #[test]
 fn serve_reports_all_config_errors() {

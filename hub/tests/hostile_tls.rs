@@ -651,17 +651,13 @@ fn start_config(hub: &TestHub) -> Config {
     let yaml = format!(
         "listen: 127.0.0.1:0\npolicy_dir: {policy}\ndata_dir: {data}\n\
          tls: {{ ca: {ca}, cert: {cert}, key: {key}, crls: [] }}\n\
-         providers:\n  - {{ provider: nocr, adapter: civil-registry, base_url: \"{nocr}\" }}\n\
-         \x20 - {{ provider: cra, adapter: shahkar, base_url: \"{cra}\" }}\n\
-         \x20 - {{ provider: inta, adapter: tax, base_url: \"{inta}\" }}\n",
+         providers:\n{providers}",
         policy = common::policy_dir().display(),
         data = dir.display(),
         ca = hub.pki.ca_cert().display(),
         cert = hub.pki.hub_cert().display(),
         key = hub.pki.hub_key().display(),
-        nocr = hub.sims.civil_registry.base_url(),
-        cra = hub.sims.shahkar.base_url(),
-        inta = hub.sims.tax.base_url(),
+        providers = common::providers_yaml(&hub.sims),
     );
     serde_yaml::from_str(&yaml).unwrap()
 }

@@ -611,9 +611,7 @@ fn child_config(harness: &TestHub, name: &str, listen: u16, brokers: &str) -> Pa
              policy_dir: {policy}\n\
              data_dir: {data}\n\
              tls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n  revocation: off\n\
-             providers:\n  - {{ provider: nocr, adapter: civil-registry, base_url: \"{nocr}\" }}\n\
-             \x20 - {{ provider: cra, adapter: shahkar, base_url: \"{cra}\" }}\n\
-             \x20 - {{ provider: inta, adapter: tax, base_url: \"{inta}\" }}\n\
+             providers:\n{providers}\
              kafka:\n  brokers: {brokers}\n  message_timeout_ms: 2000\n\
              \x20 topic_partitions: 3\n  topic_replication: 1\n",
             policy = common::policy_dir().display(),
@@ -621,9 +619,7 @@ fn child_config(harness: &TestHub, name: &str, listen: u16, brokers: &str) -> Pa
             ca = pki.ca_cert().display(),
             cert = pki.hub_cert().display(),
             key = pki.hub_key().display(),
-            nocr = harness.sims.civil_registry.base_url(),
-            cra = harness.sims.shahkar.base_url(),
-            inta = harness.sims.tax.base_url(),
+            providers = common::providers_yaml(&harness.sims),
         ),
     )
     .unwrap();

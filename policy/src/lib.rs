@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod http_mapping;
 pub mod ids;
 pub mod jalali;
 pub mod load;

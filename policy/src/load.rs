@@ -466,6 +466,14 @@ impl<T> Loaded<T> {
         self.items.into_iter().map(|(_, t)| t).collect()
     }
 
+    /// The YAML node of the item at `index`.
+    fn item_node(&self, index: usize) -> Option<&Node> {
+        match &self.root.as_ref()?.get(self.key)?.kind {
+            yaml::Kind::Seq(items) => items.get(index),
+            _ => None,
+        }
+    }
+
     fn item_path<'p>(&self, index: usize, rest: &[Step<'p>]) -> Vec<Step<'p>>
     where
         'static: 'p,
@@ -939,6 +947,16 @@ impl Checker {
                         &[Step::Key("outputs"), Step::Index(j)],
                         format!("{who}: output `{o}` is listed twice"),
                     );
+                }
+            }
+            if let Some(item) = l.item_node(i) {
+                for problem in crate::http_mapping::check(s, item) {
+                    self.errors.push(PolicyError {
+                        file: l.file.clone(),
+                        line: problem.pos.line.max(1),
+                        column: problem.pos.column.max(1),
+                        message: problem.message,
+                    });
                 }
             }
             for (j, w) in s.maintenance.iter().enumerate() {

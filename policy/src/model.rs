@@ -3,9 +3,11 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http_mapping::HttpMapping;
 use crate::ids;
 use crate::jalali::{JalaliDate, JalaliDateTime};
 
@@ -57,6 +59,9 @@ pub enum AdapterKind {
     CivilRegistry,
     /// Iran National Tax Administration.
     Tax,
+    /// The generic HTTP/JSON adapter, driven by the service's `http:` section
+    /// ([`crate::http_mapping`]).
+    Http,
 }
 
 impl AdapterKind {
@@ -66,6 +71,7 @@ impl AdapterKind {
             AdapterKind::Shahkar => "shahkar",
             AdapterKind::CivilRegistry => "civil-registry",
             AdapterKind::Tax => "tax",
+            AdapterKind::Http => "http",
         }
     }
 }
@@ -98,6 +104,16 @@ pub struct Service {
     /// Planned maintenance windows (R14).
     #[serde(default)]
     pub maintenance: Vec<MaintenanceWindow>,
+    /// How the generic adapter calls the provider (`adapter: http` only).
+    #[serde(default, deserialize_with = "shared_mapping")]
+    pub http: Option<Arc<HttpMapping>>,
+}
+
+/// Deserializes an `http:` section once, shared by every call of the service.
+fn shared_mapping<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<HttpMapping>>, D::Error> {
+    Option::<HttpMapping>::deserialize(d).map(|m| m.map(Arc::new))
 }
 
 /// One input of a service.
@@ -127,6 +143,12 @@ pub enum InputKind {
     PostalCode,
     /// Free text (non-empty).
     Text,
+    /// 1 to 20 ASCII digits (a workshop, branch or certificate number).
+    Digits,
+    /// A Jalali year, 1300 to 1499.
+    JalaliYear,
+    /// A month of the Jalali calendar, 1 to 12 (leading zero allowed).
+    JalaliMonth,
 }
 
 impl InputKind {
@@ -139,7 +161,10 @@ impl InputKind {
             InputKind::NationalCode
             | InputKind::LegalEntityId
             | InputKind::Mobile
-            | InputKind::PostalCode => ids::canonical(value).map_err(|e| e.to_string()),
+            | InputKind::PostalCode
+            | InputKind::Digits
+            | InputKind::JalaliYear
+            | InputKind::JalaliMonth => ids::canonical(value).map_err(|e| e.to_string()),
         }
     }
 
@@ -150,6 +175,29 @@ impl InputKind {
             InputKind::LegalEntityId => ids::validate_legal_entity_id(value),
             InputKind::Mobile => ids::validate_mobile(value),
             InputKind::PostalCode => ids::validate_postal_code(value),
+            InputKind::Digits => {
+                return if (1..=20).contains(&value.len())
+                    && value.bytes().all(|b| b.is_ascii_digit())
+                {
+                    Ok(())
+                } else {
+                    Err("must be 1 to 20 digits".to_owned())
+                }
+            }
+            InputKind::JalaliYear => {
+                return match value.parse::<u16>() {
+                    Ok(1300..=1499) if value.len() == 4 => Ok(()),
+                    _ => Err("must be a Jalali year of four digits, 1300 to 1499".to_owned()),
+                }
+            }
+            InputKind::JalaliMonth => {
+                return match value.parse::<u8>() {
+                    Ok(1..=12) if value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit()) => {
+                        Ok(())
+                    }
+                    _ => Err("must be a Jalali month, 1 to 12".to_owned()),
+                }
+            }
             InputKind::Text => {
                 return if value.trim().is_empty() {
                     Err("must not be empty".to_owned())
@@ -394,6 +442,7 @@ mod tests {
             one_of: vec![vec!["national_code".into(), "legal_entity_id".into()]],
             outputs: vec!["status".into()],
             maintenance: vec![],
+            http: None,
         }
     }
 

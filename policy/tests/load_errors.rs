@@ -292,7 +292,7 @@ fn far_future_valid_until_is_a_loader_error() {
         "",
         &[(
             "9999/12/29",
-            "grant moe → cra.shahkar.match: year 9999 is out of range; year must be between 1 and 3000",
+            "grant rcs → post.address: year 9999 is out of range; year must be between 1 and 3000",
         )],
     );
 }

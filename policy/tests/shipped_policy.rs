@@ -76,7 +76,80 @@ fn red_crescent_denied_by_default() {
         deny.to_string(),
         "agency rcs has no grant for service nocr.identity; ask the interoperability working group for one"
     );
-    assert!(p.grants_for("rcs").is_empty());
+    // Its one grant is the National Post's address service (session 26, item 1).
+    let services: Vec<_> = p
+        .grants_for("rcs")
+        .iter()
+        .map(|(s, _)| s.id.clone())
+        .collect();
+    assert_eq!(services, ["post.address"]);
+}
+
+/// Every service session 26 approved is in the catalog, served by the generic adapter, and
+/// granted as the resolution says: the Post's address service to the Red Crescent (access
+/// resolution, item 1), the four providers' five services to the Relief Committee (item 2);
+/// the SSO insurance list exists (privatization resolution, item 1) but has no grant, its
+/// consumer's access being conditional (item 3).
+#[test]
+fn session_26_services_and_grants_cite_their_items() {
+    let p = national();
+    let grants = [
+        ("rcs", "post.address", "access resolution, item 1"),
+        (
+            "ikrf",
+            "tvto.skill-certificates",
+            "access resolution, item 2",
+        ),
+        (
+            "ikrf",
+            "judiciary.clearance-authenticity",
+            "access resolution, item 2",
+        ),
+        ("ikrf", "msrt.last-degree", "access resolution, item 2"),
+        ("ikrf", "msrt.student-status", "access resolution, item 2"),
+        (
+            "ikrf",
+            "police.military-service",
+            "access resolution, item 2",
+        ),
+    ];
+    for (agency, service, item) in grants {
+        let s = p
+            .service(service)
+            .unwrap_or_else(|| panic!("service {service}"));
+        assert_eq!(
+            s.adapter,
+            tabadol_policy::model::AdapterKind::Http,
+            "{service}"
+        );
+        assert!(s.http.is_some(), "{service}");
+        let g = p
+            .grant(agency, service)
+            .unwrap_or_else(|| panic!("grant {agency} → {service}"));
+        assert_eq!(g.approved.session, 26);
+        assert_eq!(g.approved.date.to_string(), "1400/08/18");
+        assert_eq!(g.approved.item, item);
+        assert_eq!(
+            g.fields, s.outputs,
+            "{agency} → {service} gets every output"
+        );
+    }
+    let sso = p.service("sso.insurance-list").unwrap();
+    assert_eq!(sso.outputs.len(), 7);
+    assert_eq!(
+        sso.input_names().collect::<Vec<_>>(),
+        [
+            "enterprise_id",
+            "workshop_code",
+            "branch_code",
+            "year",
+            "month"
+        ]
+    );
+    assert!(p
+        .agencies()
+        .all(|a| p.grant(&a.id, "sso.insurance-list").is_none()));
+    assert!(p.service("ssaa.legal-person").is_some());
 }
 
 /// The Ministry of Health gets only the three minimized identity fields (R8).

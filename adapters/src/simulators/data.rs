@@ -118,6 +118,7 @@ pub struct Dataset {
     taxpayer_by_code: HashMap<String, usize>,
     taxpayer_by_entity: HashMap<String, usize>,
     later_deaths: RwLock<BTreeMap<String, String>>,
+    session26: super::session26::Data,
 }
 
 const MALE_NAMES: &[&str] = &[
@@ -390,8 +391,11 @@ impl Dataset {
                 }
             };
         }
+        // Drawn from a stream of its own, so the data above stays as it was before.
+        let session26 = super::session26::Data::generate(seed, &persons, &legal_entities);
         Dataset {
             seed,
+            session26,
             persons,
             legal_entities,
             taxpayers,
@@ -401,6 +405,12 @@ impl Dataset {
             taxpayer_by_entity,
             later_deaths: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// The subjects of the services approved in session 26 (post, TVTO, judiciary,
+    /// ministry of science, police, SSO, deeds registry).
+    pub fn session26(&self) -> &super::session26::Data {
+        &self.session26
     }
 
     /// The seed this dataset was made from.
@@ -550,7 +560,8 @@ impl Dataset {
                 json!({"legal_entity_id": e.legal_entity_id, "name": e.name, "status": status})
             })
             .collect();
-        json!({
+        let mut extra = self.session26.samples(self);
+        let mut out = json!({
             "about": "Synthetic people and companies served by the tabadol dev simulators. Every value is made up; national codes and legal-entity ids carry valid check digits.",
             "seed": self.seed,
             "persons_alive": alive,
@@ -559,15 +570,19 @@ impl Dataset {
             "unknown_national_code": self.unknown_national_code,
             "taxpayers": taxpayers,
             "legal_entities": entities,
-        })
+        });
+        if let (Some(out), Some(extra)) = (out.as_object_mut(), extra.as_object_mut()) {
+            out.append(extra);
+        }
+        out
     }
 }
 
 /// SplitMix64: tiny, fast, and fully specified, so output never changes with a crate upgrade.
-struct SplitMix64(u64);
+pub(super) struct SplitMix64(pub(super) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -576,21 +591,21 @@ impl SplitMix64 {
     }
 
     /// Uniform enough in `0..n` for synthetic data.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(super) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(super) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
 }
 
 /// Draw from `make` until it yields a value not in `used`; remember and return it.
-fn fresh(used: &mut HashSet<String>, mut make: impl FnMut() -> String) -> String {
+pub(super) fn fresh(used: &mut HashSet<String>, mut make: impl FnMut() -> String) -> String {
     loop {
         let v = make();
         if used.insert(v.clone()) {
@@ -599,7 +614,7 @@ fn fresh(used: &mut HashSet<String>, mut make: impl FnMut() -> String) -> String
     }
 }
 
-fn jalali(rng: &mut SplitMix64, first_year: u32, last_year: u32) -> String {
+pub(super) fn jalali(rng: &mut SplitMix64, first_year: u32, last_year: u32) -> String {
     let year = first_year + rng.below(u64::from(last_year - first_year + 1)) as u32;
     let month = 1 + rng.below(12);
     let day = 1 + rng.below(29);

@@ -34,6 +34,7 @@ use crate::tax::{Envelope, OfficeDto, TaxpayerDto};
 use crate::AdapterKind;
 
 mod data;
+pub mod session26;
 
 pub use data::{
     Dataset, Gender, LegalEntity, Person, TaxStatus, TaxSubject, Taxpayer, LEGAL_ENTITIES, PERSONS,
@@ -41,40 +42,66 @@ pub use data::{
 
 const TRACKING_HEADER: &str = "x-tracking-code";
 
-/// The three simulators, each on its own 127.0.0.1 port.
+/// The simulators, each on its own 127.0.0.1 port: the three hand-written providers and the
+/// session-26 providers ([`session26`]) by agency id.
 pub struct Simulators {
     pub shahkar: SimHandle,
     pub civil_registry: SimHandle,
     pub tax: SimHandle,
+    /// `post`, `tvto`, `judiciary`, `msrt`, `police`, `sso`, `ssaa`.
+    pub session26: session26::Handles,
     pub dataset: Arc<Dataset>,
 }
 
 impl Simulators {
-    /// Start all three on `127.0.0.1:0` (ports chosen by the OS).
+    /// Start all of them on `127.0.0.1:0` (ports chosen by the OS).
     pub async fn start(dataset: Arc<Dataset>) -> io::Result<Simulators> {
         let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut more = session26::Handles::new();
+        for provider in session26::PROVIDERS {
+            more.insert(
+                provider,
+                session26::start_provider(provider, dataset.clone(), any, None).await?,
+            );
+        }
         Ok(Simulators {
             shahkar: start_shahkar(dataset.clone(), any).await?,
             civil_registry: start_civil_registry(dataset.clone(), any).await?,
             tax: start_tax(dataset.clone(), any).await?,
+            session26: more,
             dataset,
         })
     }
 
-    /// The simulator that speaks `kind`'s protocol.
-    pub fn handle(&self, kind: AdapterKind) -> &SimHandle {
+    /// The simulator that speaks `kind`'s protocol; none for `http`, which many
+    /// providers speak (see [`Simulators::provider`]).
+    pub fn handle(&self, kind: AdapterKind) -> Option<&SimHandle> {
         match kind {
-            AdapterKind::Shahkar => &self.shahkar,
-            AdapterKind::CivilRegistry => &self.civil_registry,
-            AdapterKind::Tax => &self.tax,
+            AdapterKind::Shahkar => Some(&self.shahkar),
+            AdapterKind::CivilRegistry => Some(&self.civil_registry),
+            AdapterKind::Tax => Some(&self.tax),
+            AdapterKind::Http => None,
         }
     }
 
-    /// Stop all three.
+    /// The simulator of provider agency `id` (`cra`, `nocr`, `inta`, or a session-26 one).
+    pub fn provider(&self, id: &str) -> Option<&SimHandle> {
+        match id {
+            "cra" => Some(&self.shahkar),
+            "nocr" => Some(&self.civil_registry),
+            "inta" => Some(&self.tax),
+            other => self.session26.get(other),
+        }
+    }
+
+    /// Stop all of them.
     pub async fn shutdown(&self) {
         self.shahkar.shutdown().await;
         self.civil_registry.shutdown().await;
         self.tax.shutdown().await;
+        for h in self.session26.values() {
+            h.shutdown().await;
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn config(kind: AdapterKind, base_url: String, timeout: Duration) -> Adapter
         AdapterKind::Shahkar => "cra",
         AdapterKind::CivilRegistry => "nocr",
         AdapterKind::Tax => "inta",
+        AdapterKind::Http => "post",
     };
     AdapterConfig::new(provider, kind, base_url, timeout)
 }
@@ -42,7 +43,9 @@ pub async fn world() -> World {
     let adapter = |kind| {
         build(&config(
             kind,
-            sims.handle(kind).base_url(),
+            sims.handle(kind)
+                .expect("a simulator of this kind")
+                .base_url(),
             Duration::from_secs(10),
         ))
         .expect("adapter")
@@ -64,6 +67,7 @@ pub fn request(operation: &str, params: &[(&str, &str)]) -> ProviderRequest {
             .collect::<BTreeMap<_, _>>(),
         tracking_code: "TRK-1403-000042".into(),
         timeout: Duration::from_secs(10),
+        mapping: None,
     }
 }
 

@@ -248,6 +248,7 @@ impl HubError {
                 ProviderError::Timeout { .. } => "deadline_exceeded",
                 ProviderError::NotFound { .. } => "not_found",
                 ProviderError::Rejected { .. } => "rejected",
+                ProviderError::Invalid { .. } => "invalid",
                 _ => "unavailable",
             },
             HubError::NoAdapter(_) => "unavailable",
@@ -296,6 +297,9 @@ impl HubError {
                     ProviderError::Rejected { .. } => {
                         format!("provider {provider} rejected the request")
                     }
+                    ProviderError::Invalid { .. } => {
+                        format!("provider {provider} refused the inputs as invalid")
+                    }
                     ProviderError::Protocol { .. } => {
                         format!("provider {provider} answered in an unexpected format")
                     }
@@ -325,6 +329,7 @@ impl HubError {
                 ProviderError::Timeout { .. } => Code::DeadlineExceeded,
                 ProviderError::NotFound { .. } => Code::NotFound,
                 ProviderError::Rejected { .. } => Code::FailedPrecondition,
+                ProviderError::Invalid { .. } => Code::InvalidArgument,
                 _ => Code::Unavailable,
             },
             HubError::NoAdapter(_) => Code::Unavailable,

@@ -267,6 +267,7 @@ impl Hub {
                 params: std::mem::take(&mut input.params),
                 tracking_code: std::mem::take(&mut input.tracking_code),
                 timeout: call::budget(deadline, self.default_deadline, Instant::now()),
+                mapping: service.http.clone(),
             };
             Ok::<_, HubError>((provider, provider_id, request, granted))
         })();

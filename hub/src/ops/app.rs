@@ -120,7 +120,7 @@ pub fn build_providers(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<dyn P
         adapter_cfg.max_body_bytes = usize::try_from(p.max_body_bytes)
             .map_err(|_| anyhow::anyhow!("provider {}: max_body_bytes too large", p.provider))?;
         adapter_cfg.tls = tls;
-        let adapter = tabadol_adapters::build(&adapter_cfg)
+        let adapter = tabadol_adapters::build_with_circuit(&adapter_cfg, p.breaker.circuit())
             .map_err(|e| anyhow::anyhow!("provider {}: {e}", p.provider))?;
         out.insert(p.provider.clone(), adapter);
     }

@@ -233,6 +233,49 @@ pub struct ProviderSection {
     /// TLS to this provider (base_url must be https:// to use it).
     #[serde(default)]
     pub tls: ProviderTlsSection,
+    /// Circuit breaker of this provider (default: open after 5 consecutive failures, for
+    /// 2000 ms).
+    #[serde(default)]
+    pub breaker: BreakerSection,
+}
+
+/// When a provider's circuit opens, and for how long calls then fail fast.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// Consecutive failures (unavailable, timed out) that open the circuit; default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long an open circuit fails fast before one probe call, ms; default 2000.
+    #[serde(default = "default_breaker_open_ms")]
+    pub open_ms: u64,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_open_ms() -> u64 {
+    2_000
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            failures: default_breaker_failures(),
+            open_ms: default_breaker_open_ms(),
+        }
+    }
+}
+
+impl BreakerSection {
+    /// The adapter's circuit setting.
+    pub fn circuit(&self) -> tabadol_adapters::CircuitConfig {
+        tabadol_adapters::CircuitConfig {
+            failure_threshold: self.failures.max(1),
+            open_for: std::time::Duration::from_millis(self.open_ms.max(1)),
+        }
+    }
 }
 
 impl ProviderSection {
@@ -249,6 +292,7 @@ impl ProviderSection {
             timeout_ms: default_provider_timeout_ms(),
             max_body_bytes: default_provider_max_body_bytes(),
             tls: ProviderTlsSection::default(),
+            breaker: BreakerSection::default(),
         }
     }
 
@@ -566,7 +610,7 @@ impl Config {
         for (i, p) in self.providers.iter().enumerate() {
             if p.adapter.parse::<tabadol_adapters::AdapterKind>().is_err() {
                 errors.push(format!(
-                    "providers[{i}].adapter: `{}` is not an adapter; use shahkar, civil-registry or tax",
+                    "providers[{i}].adapter: `{}` is not an adapter; use shahkar, civil-registry, tax or http",
                     p.adapter
                 ));
             }
@@ -580,6 +624,12 @@ impl Config {
                     true
                 }
             };
+            if p.breaker.failures == 0 || p.breaker.open_ms == 0 {
+                errors.push(format!(
+                    "providers[{i}].breaker: failures and open_ms must both be at least 1 \
+                     (default 5 and 2000)"
+                ));
+            }
             if p.timeout_ms == 0 {
                 errors.push(format!("providers[{i}].timeout_ms must be above 0"));
             }
@@ -616,11 +666,22 @@ impl Config {
         }
         if let Some(policy) = &policy {
             for s in policy.services() {
-                if !self.providers.iter().any(|p| p.provider == s.provider) {
-                    errors.push(format!(
+                match self.providers.iter().position(|p| p.provider == s.provider) {
+                    None => errors.push(format!(
                         "providers: no entry for provider `{}` needed by service {}; add one with its base_url",
                         s.provider, s.id
-                    ));
+                    )),
+                    Some(i) if self.providers[i].adapter != s.adapter.as_str() => {
+                        errors.push(format!(
+                            "providers[{i}].adapter: `{}`, but service {} is served by adapter `{}` \
+                             (services.yaml); write adapter: {}",
+                            self.providers[i].adapter,
+                            s.id,
+                            s.adapter.as_str(),
+                            s.adapter.as_str()
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -795,6 +856,35 @@ mod tests {
         let p = ProviderSection::new("cra", "shahkar", "https://a");
         assert_eq!(p.max_body_bytes, 1_048_576);
         assert!(ok.providers.is_empty());
+    }
+
+    /// A provider entry whose adapter differs from its services' (`adapter: http` in
+    /// services.yaml) and a zero breaker setting are reported naming the field; the breaker
+    /// defaults to 5 failures and 2 s.
+    #[test]
+    fn provider_adapter_must_match_the_catalog_and_breaker_is_checked() {
+        let cfg = config(
+            "providers:\n\
+             \x20 - { provider: post, adapter: tax, base_url: \"https://api.post.example\" }\n\
+             \x20 - { provider: sso, adapter: http, base_url: \"https://api.sso.example\", breaker: { failures: 0 } }\n",
+        );
+        let errs = errors(&cfg);
+        let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+        assert!(
+            has(
+                "providers[0].adapter: `tax`, but service post.address is served by adapter `http`"
+            ),
+            "{errs:#?}"
+        );
+        assert!(
+            has("providers[1].breaker: failures and open_ms must both be at least 1"),
+            "{errs:#?}"
+        );
+        let b = BreakerSection::default().circuit();
+        assert_eq!(
+            (b.failure_threshold, b.open_for),
+            (5, std::time::Duration::from_secs(2))
+        );
     }
 
     #[test]

@@ -122,8 +122,13 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             "civil-registry",
             simulators.civil_registry.base_url(),
         ),
-        ProviderSection::new("inta", "tax", simulators.tax.base_url()),
+        ProviderSection::new("inta", "http", simulators.tax.base_url()),
     ];
+    // The session-26 providers, reached through the generic adapter (`adapter: http`).
+    let mut providers = providers;
+    for (id, sim) in &simulators.session26 {
+        providers.push(ProviderSection::new(*id, "http", sim.base_url()));
+    }
     let config = Config {
         listen: opts.listen,
         policy_dir,
@@ -180,15 +185,22 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         .as_str()
         .unwrap_or("09121234567")
         .to_owned();
+    let postal = sample["postal_codes"][0]["postal_code"]
+        .as_str()
+        .unwrap_or("1345678901")
+        .to_owned();
     format!(
         "Tabadol hub (dev) listening on https://{addr} (mutual TLS)\n\
          \n  PKI:       {dir}/pki (root ca.crt, agency certificates in agencies/<id>.crt|.key)\
          \n  samples:   {dir}/samples.json (subjects the simulators know)\
          \n  policy:    {policy}\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
+         \n             {more}\
          \n\nTry it:\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency cbi shahkar {nc} {mobile}\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency moh identity {nc}\
+         \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency rcs call post.address postal_code={postal}\
+         \n  cargo run --example eligibility -- --hub https://{addr} --dir {dir} --agency ikrf\
          \n  grpcurl -cacert {dir}/pki/ca.crt -cert {dir}/pki/agencies/cbi.crt -key {dir}/pki/agencies/cbi.key \\\
          \n      -d '{{\"context\":{{\"tracking_code\":\"TRK-0001\",\"purpose\":\"kyc\"}},\"national_code\":\"{nc}\"}}' \\\
          \n      {addr} tabadol.v1.CivilRegistry/GetLifeStatus\
@@ -201,6 +213,13 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
         s = env.simulators.shahkar.base_url(),
         c = env.simulators.civil_registry.base_url(),
         t = env.simulators.tax.base_url(),
+        more = env
+            .simulators
+            .session26
+            .iter()
+            .map(|(id, h)| format!("{id} {}", h.base_url()))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 

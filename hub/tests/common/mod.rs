@@ -103,6 +103,40 @@ impl TestHub {
         }
     }
 
+    /// A dev hub (shipped policy, its PKI and simulators) whose configuration `configure`
+    /// then changes — policy directory and providers included — and which is validated
+    /// again and started with the policy it then names (a test's own YAML).
+    pub async fn start_reconfigured(
+        configure: impl FnOnce(&PkiLayout, &mut tabadol_hub::ops::config::Config),
+    ) -> TestHub {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DevOptions {
+            dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            policy: Some(policy_dir()),
+            kafka: None,
+            simulate_events: None,
+        };
+        let mut env = prepare(&opts).await.expect("dev environment");
+        configure(&PkiLayout::new(dir.path().join("pki")), &mut env.config);
+        let policy = env
+            .config
+            .validate()
+            .unwrap_or_else(|e| panic!("reconfigured hub: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = tabadol_hub::ops::app::start(&env.config, policy, listener)
+            .await
+            .expect("hub starts");
+        TestHub {
+            pki: PkiLayout::new(dir.path().join("pki")),
+            dir,
+            handle,
+            sims: env.simulators,
+            dataset: env.dataset,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.handle.addr.port())
     }
@@ -167,6 +201,27 @@ impl TestHub {
         self.handle.stop().await.unwrap();
         self.sims.shutdown().await;
     }
+}
+
+/// The `providers:` entries (YAML flow mappings, one a line, each starting `  - `) of every
+/// simulator in `sims`: the three hand-written adapters and the session-26 providers
+/// behind the generic adapter.
+pub fn providers_yaml(sims: &Simulators) -> String {
+    let mut out = format!(
+        "  - {{ provider: nocr, adapter: civil-registry, base_url: \"{}\" }}\n\
+         \x20 - {{ provider: cra, adapter: shahkar, base_url: \"{}\" }}\n\
+         \x20 - {{ provider: inta, adapter: http, base_url: \"{}\" }}\n",
+        sims.civil_registry.base_url(),
+        sims.shahkar.base_url(),
+        sims.tax.base_url()
+    );
+    for (id, h) in &sims.session26 {
+        out.push_str(&format!(
+            "  - {{ provider: {id}, adapter: http, base_url: \"{}\" }}\n",
+            h.base_url()
+        ));
+    }
+    out
 }
 
 pub fn ctx(tracking: &str, purpose: &str) -> Option<InquiryContext> {
