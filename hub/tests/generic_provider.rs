@@ -59,7 +59,8 @@ const SERVICE: &str = "  - id: irimo.daily-observations
         - { status: 400, outcome: invalid_argument }
 ";
 
-const GRANT: &str = "  - agency: moe
+const GRANT: &str = "  - id: test-moe-weather
+    agency: moe
     service: irimo.daily-observations
     fields: [day, rain_mm]
     purposes: [dam-operations]

@@ -447,7 +447,7 @@ const TEST_APPROVAL: &str =
 #[tokio::test]
 async fn sso_insurance_list_end_to_end_and_minimized_per_record() {
     let policy = policy_with_grants(&format!(
-        "  - agency: tso\n    service: sso.insurance-list\n    fields: [full_name, national_code, days_worked]\n    purposes: [subsidy-eligibility]\n    approved: {TEST_APPROVAL}\n"
+        "  - id: test-tso-insurance-list\n    agency: tso\n    service: sso.insurance-list\n    fields: [full_name, national_code, days_worked]\n    purposes: [subsidy-eligibility]\n    approved: {TEST_APPROVAL}\n"
     ));
     let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
     let data = hub.dataset.session26();
@@ -543,7 +543,7 @@ async fn sso_insurance_list_end_to_end_and_minimized_per_record() {
 #[tokio::test]
 async fn ssaa_legal_person_end_to_end() {
     let policy = policy_with_grants(&format!(
-        "  - agency: cbi\n    service: ssaa.legal-person\n    fields: [name, registration_no, legal_form, status]\n    purposes: [kyc]\n    approved: {TEST_APPROVAL}\n"
+        "  - id: test-cbi-legal-person\n    agency: cbi\n    service: ssaa.legal-person\n    fields: [name, registration_no, legal_form, status]\n    purposes: [kyc]\n    approved: {TEST_APPROVAL}\n"
     ));
     let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
     let l = &hub.dataset.session26().legal_persons[0];
@@ -612,8 +612,8 @@ type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>);
 #[tokio::test]
 async fn every_service_allowed_denied_and_down() {
     let policy = policy_with_grants(&format!(
-        "  - agency: tso\n    service: sso.insurance-list\n    fields: [national_code]\n    purposes: [subsidy-eligibility]\n    approved: {TEST_APPROVAL}\n\
-         \x20 - agency: cbi\n    service: ssaa.legal-person\n    fields: [name]\n    purposes: [kyc]\n    approved: {TEST_APPROVAL}\n"
+        "  - id: test-tso-insurance-list\n    agency: tso\n    service: sso.insurance-list\n    fields: [national_code]\n    purposes: [subsidy-eligibility]\n    approved: {TEST_APPROVAL}\n\
+         \x20 - id: test-cbi-legal-person\n    agency: cbi\n    service: ssaa.legal-person\n    fields: [name]\n    purposes: [kyc]\n    approved: {TEST_APPROVAL}\n"
     ));
     let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
     let data = hub.dataset.session26();

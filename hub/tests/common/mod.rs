@@ -117,6 +117,7 @@ impl TestHub {
             policy: Some(policy_dir()),
             kafka: None,
             simulate_events: None,
+            durable_audit: false,
         };
         let mut env = prepare(&opts).await.expect("dev environment");
         configure(&PkiLayout::new(dir.path().join("pki")), &mut env.config);
