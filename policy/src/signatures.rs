@@ -588,6 +588,12 @@ fn verify_entry(
     })
 }
 
+/// The verified entries of one item: each entry's position and its verification.
+type Checked = Vec<(String, Result<Verified, String>)>;
+
+/// What the entries of a signatures file claim, per item: (role, action, content hash).
+pub type Claimed = HashMap<(Kind, String), Vec<(Role, Action, String)>>;
+
 /// Where one party stands on one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartyState {
@@ -1172,8 +1178,7 @@ pub fn check(
     let (entries, problems) = load_entries(signatures);
     report.problems.extend(problems);
     // Every entry verified once, grouped by the item it names.
-    let mut by_item: HashMap<(Kind, String), Vec<(String, Result<Verified, String>)>> =
-        HashMap::new();
+    let mut by_item: HashMap<(Kind, String), Checked> = HashMap::new();
     for (line, column, e) in &entries {
         let Some((kind, id)) = e.subject() else {
             continue;
@@ -1307,7 +1312,6 @@ pub fn check(
                 state,
             });
         }
-        let _ = &s.agency;
         report.items.push(ItemReport {
             kind: s.kind,
             id: s.id.to_owned(),
@@ -1346,8 +1350,8 @@ fn entries_role(entries: &[(usize, usize, SignatureEntry)], at: &str, file: &Pat
 /// What each entry of a signatures file claims to sign — (role, action, content hash) per
 /// item — read from the JWS payloads WITHOUT verifying them: for `policy diff`, to mark
 /// grants whose content no signature is for. [`check`] is what verifies.
-pub fn claimed_hashes(path: &Path) -> HashMap<(Kind, String), Vec<(Role, Action, String)>> {
-    let mut out: HashMap<(Kind, String), Vec<(Role, Action, String)>> = HashMap::new();
+pub fn claimed_hashes(path: &Path) -> Claimed {
+    let mut out = Claimed::new();
     let (entries, _) = load_entries(path);
     for (_, _, e) in entries {
         let Some((kind, id)) = e.subject() else {

@@ -789,8 +789,3 @@ pub fn dev_report(
         jiff::Timestamp::now(),
     ))
 }
-
-/// Whether `dir` names a secretariat (dev signing needs one for approvals).
-pub fn has_secretariat(dir: &Path) -> bool {
-    dir.join(SECRETARIAT_FILE).is_file()
-}
