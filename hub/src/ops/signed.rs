@@ -12,8 +12,7 @@ use serde::Deserialize;
 use tabadol_policy::load::{PolicyErrors, PolicySource};
 use tabadol_policy::model::Grant;
 use tabadol_policy::signatures::{
-    self, Action, ItemStatus, Kind, PartyState, Report, Role, SignRequest, Trust, SECRETARIAT_FILE,
-    SIGNATURES_FILE,
+    self, Action, ItemStatus, Kind, PartyState, Report, Role, SignRequest, Trust, SIGNATURES_FILE,
 };
 use tabadol_policy::Policy;
 
