@@ -180,6 +180,8 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  PKI:       {dir}/pki (root ca.crt, agency certificates in agencies/<id>.crt|.key)\
          \n  samples:   {dir}/samples.json (subjects the simulators know)\
          \n  policy:    {policy}\
+         \n  signed:    {dir}/signatures.yaml (every grant signed by its provider and the secretariat;\
+         \n             check them: tabadol policy check {policy} --dev {dir})\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
          \n\nTry it:\
          \n  cargo run --example inquire -- --hub https://{addr} --dir {dir} --agency cbi shahkar {nc} {mobile}\
