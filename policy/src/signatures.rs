@@ -588,8 +588,9 @@ fn verify_entry(
     })
 }
 
-/// The verified entries of one item: each entry's position and its verification.
-type Checked = Vec<(String, Result<Verified, String>)>;
+/// The verified entries of one item: each entry's position, the role it claims, and its
+/// verification.
+type Checked = Vec<(String, Role, Result<Verified, String>)>;
 
 /// What the entries of a signatures file claim, per item: (role, action, content hash).
 pub type Claimed = HashMap<(Kind, String), Vec<(Role, Action, String)>>;
@@ -1184,10 +1185,11 @@ pub fn check(
             continue;
         };
         let at = format!("{}:{line}:{column}", signatures.display());
-        by_item
-            .entry((kind, id.to_owned()))
-            .or_default()
-            .push((at, verify_entry(e, trust, now)));
+        by_item.entry((kind, id.to_owned())).or_default().push((
+            at,
+            e.role,
+            verify_entry(e, trust, now),
+        ));
     }
     let trees: HashMap<Kind, Option<Node>> = [Kind::Grant, Kind::Subscription]
         .into_iter()
@@ -1207,13 +1209,13 @@ pub fn check(
         for (role, party, cn) in &s.parties {
             let mut reasons = Vec::new();
             let mut state = None;
-            for (at, v) in &found {
+            for (at, claimed, v) in &found {
                 let v = match v {
                     Ok(v) if v.role == *role => v,
                     Ok(_) => continue,
                     Err(why) => {
                         // An entry claiming this role that does not verify.
-                        if entries_role(&entries, at, signatures) == Some(*role) {
+                        if claimed == role {
                             reasons.push(format!("{at}: refused: {why}"));
                         }
                         continue;
@@ -1336,15 +1338,6 @@ pub fn check(
     }
     report.secretariat = secretariat;
     report
-}
-
-/// The role an entry at `at` (`file:line:column`) claims, for reporting a refused one
-/// under its party.
-fn entries_role(entries: &[(usize, usize, SignatureEntry)], at: &str, file: &Path) -> Option<Role> {
-    entries
-        .iter()
-        .find(|(l, c, _)| format!("{}:{l}:{c}", file.display()) == at)
-        .map(|(_, _, e)| e.role)
 }
 
 /// What each entry of a signatures file claims to sign — (role, action, content hash) per
