@@ -425,6 +425,10 @@ impl Trust {
                     i + 1
                 ));
             }
+            for der in &list {
+                webpki::OwnedCertRevocationList::from_der(der)
+                    .map_err(|e| format!("CRL file {}: not a usable CRL ({e:?})", i + 1))?;
+            }
             out.extend(list);
         }
         Ok(Trust {

@@ -58,8 +58,13 @@ impl TrustFiles {
                     .map_err(|e| format!("cannot read the CRL {}: {e}", p.display()))?,
             );
         }
-        Trust::from_pem(&ca, &crls, self.check_revocation)
-            .map_err(|e| format!("{}: {e}", self.ca.display()))
+        Trust::from_pem(&ca, &crls, self.check_revocation).map_err(|e| {
+            format!(
+                "signers' trust (root {}, CRLs {:?}): {e}",
+                self.ca.display(),
+                self.crls
+            )
+        })
     }
 }
 
