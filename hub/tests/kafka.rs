@@ -1750,13 +1750,13 @@ async fn subscribers_are_those_at_acceptance_across_an_outage() {
     let mut lines: Vec<&str> = yaml.lines().collect();
     let at = lines
         .iter()
-        .position(|l| l.trim_start().starts_with("- agency: cbi"))
+        .position(|l| l.trim_start().starts_with("- id: cbi-events"))
         .unwrap();
-    let approved = lines[at + 2].to_owned();
-    lines.drain(at..at + 3);
+    let approved = lines[at + 3].to_owned();
+    lines.drain(at..at + 4);
     let mut edited = lines.join("\n");
     edited.push_str(&format!(
-        "\n  - agency: rcs\n    event_types: [death.v1]\n{approved}\n"
+        "\n  - id: rcs-events\n    agency: rcs\n    event_types: [death.v1]\n{approved}\n"
     ));
     std::fs::write(&path, edited).unwrap();
     assert!(tabadol_hub::ops::app::reload_policy(&hub.handle.hub, policy.path()).await);
