@@ -371,6 +371,28 @@ async fn policy_check_shows_signed_tampered_and_withdrawn_grants() {
         "{gone}"
     );
     assert!(out.contains("1 unsigned, 1 withdrawn"), "{out}");
+    // `policy explain` says who signed cbi's grants, and that the tax grant is withdrawn.
+    let (ok, out, err) = run(&[
+        "policy",
+        "explain",
+        "cbi",
+        "--dir",
+        s(policy.path()),
+        "--signatures",
+        s(&sigs),
+        "--ca",
+        s(&hub.pki.ca_cert()),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("signatures: consent by nocr (nocr.agency.tabadol.ir) at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("inta.taxpayer — WITHDRAWN, not honoured (grant cbi-taxpayer)"),
+        "{out}"
+    );
+    assert!(!out.contains("inta.taxpayer [21011000101]"), "{out}");
     // A hub requiring signatures would refuse it.
     let (ok, _, err) = run(&[
         "policy",

@@ -425,6 +425,10 @@ impl Trust {
                     i + 1
                 ));
             }
+            for der in &list {
+                webpki::OwnedCertRevocationList::from_der(der)
+                    .map_err(|e| format!("CRL file {}: not a usable CRL ({e:?})", i + 1))?;
+            }
             out.extend(list);
         }
         Ok(Trust {
@@ -587,6 +591,13 @@ fn verify_entry(
         content: claims.content,
     })
 }
+
+/// The verified entries of one item: each entry's position, the role it claims, and its
+/// verification.
+type Checked = Vec<(String, Role, Result<Verified, String>)>;
+
+/// What the entries of a signatures file claim, per item: (role, action, content hash).
+pub type Claimed = HashMap<(Kind, String), Vec<(Role, Action, String)>>;
 
 /// Where one party stands on one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1172,17 +1183,17 @@ pub fn check(
     let (entries, problems) = load_entries(signatures);
     report.problems.extend(problems);
     // Every entry verified once, grouped by the item it names.
-    let mut by_item: HashMap<(Kind, String), Vec<(String, Result<Verified, String>)>> =
-        HashMap::new();
+    let mut by_item: HashMap<(Kind, String), Checked> = HashMap::new();
     for (line, column, e) in &entries {
         let Some((kind, id)) = e.subject() else {
             continue;
         };
         let at = format!("{}:{line}:{column}", signatures.display());
-        by_item
-            .entry((kind, id.to_owned()))
-            .or_default()
-            .push((at, verify_entry(e, trust, now)));
+        by_item.entry((kind, id.to_owned())).or_default().push((
+            at,
+            e.role,
+            verify_entry(e, trust, now),
+        ));
     }
     let trees: HashMap<Kind, Option<Node>> = [Kind::Grant, Kind::Subscription]
         .into_iter()
@@ -1202,13 +1213,13 @@ pub fn check(
         for (role, party, cn) in &s.parties {
             let mut reasons = Vec::new();
             let mut state = None;
-            for (at, v) in &found {
+            for (at, claimed, v) in &found {
                 let v = match v {
                     Ok(v) if v.role == *role => v,
                     Ok(_) => continue,
                     Err(why) => {
                         // An entry claiming this role that does not verify.
-                        if entries_role(&entries, at, signatures) == Some(*role) {
+                        if claimed == role {
                             reasons.push(format!("{at}: refused: {why}"));
                         }
                         continue;
@@ -1307,7 +1318,6 @@ pub fn check(
                 state,
             });
         }
-        let _ = &s.agency;
         report.items.push(ItemReport {
             kind: s.kind,
             id: s.id.to_owned(),
@@ -1334,20 +1344,11 @@ pub fn check(
     report
 }
 
-/// The role an entry at `at` (`file:line:column`) claims, for reporting a refused one
-/// under its party.
-fn entries_role(entries: &[(usize, usize, SignatureEntry)], at: &str, file: &Path) -> Option<Role> {
-    entries
-        .iter()
-        .find(|(l, c, _)| format!("{}:{l}:{c}", file.display()) == at)
-        .map(|(_, _, e)| e.role)
-}
-
 /// What each entry of a signatures file claims to sign — (role, action, content hash) per
 /// item — read from the JWS payloads WITHOUT verifying them: for `policy diff`, to mark
 /// grants whose content no signature is for. [`check`] is what verifies.
-pub fn claimed_hashes(path: &Path) -> HashMap<(Kind, String), Vec<(Role, Action, String)>> {
-    let mut out: HashMap<(Kind, String), Vec<(Role, Action, String)>> = HashMap::new();
+pub fn claimed_hashes(path: &Path) -> Claimed {
+    let mut out = Claimed::new();
     let (entries, _) = load_entries(path);
     for (_, _, e) in entries {
         let Some((kind, id)) = e.subject() else {

@@ -404,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let signed = crate::ops::signed::explain_lines(&dir, &signatures)?;
             let policy = match &signed {
-                Some(p) => p.clone(),
+                Some((p, _)) => p.clone(),
                 None => load_policy(&dir)?,
             };
             let a = policy
@@ -431,6 +431,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .signature_summary(tabadol_policy::signatures::Kind::Grant, &g.id)
                             .unwrap_or("not checked")
                     );
+                }
+            }
+            if let Some((_, Some(report))) = &signed {
+                for line in crate::ops::signed::withdrawn_lines(report, &a.id) {
+                    println!("{line}");
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -194,6 +194,8 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  PKI:       {dir}/pki (root ca.crt, agency certificates in agencies/<id>.crt|.key)\
          \n  samples:   {dir}/samples.json (subjects the simulators know)\
          \n  policy:    {policy}\
+         \n  signed:    {dir}/signatures.yaml (every grant signed by its provider and the secretariat;\
+         \n             check them: tabadol policy check {policy} --dev {dir})\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
          \n             {more}\
          \n\nTry it:\

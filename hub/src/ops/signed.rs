@@ -12,8 +12,7 @@ use serde::Deserialize;
 use tabadol_policy::load::{PolicyErrors, PolicySource};
 use tabadol_policy::model::Grant;
 use tabadol_policy::signatures::{
-    self, Action, ItemStatus, Kind, PartyState, Report, Role, SignRequest, Trust, SECRETARIAT_FILE,
-    SIGNATURES_FILE,
+    self, Action, ItemStatus, Kind, PartyState, Report, Role, SignRequest, Trust, SIGNATURES_FILE,
 };
 use tabadol_policy::Policy;
 
@@ -59,8 +58,13 @@ impl TrustFiles {
                     .map_err(|e| format!("cannot read the CRL {}: {e}", p.display()))?,
             );
         }
-        Trust::from_pem(&ca, &crls, self.check_revocation)
-            .map_err(|e| format!("{}: {e}", self.ca.display()))
+        Trust::from_pem(&ca, &crls, self.check_revocation).map_err(|e| {
+            format!(
+                "signers' trust (root {}, CRLs {:?}): {e}",
+                self.ca.display(),
+                self.crls
+            )
+        })
     }
 }
 
@@ -157,9 +161,14 @@ impl PolicyLoader {
     /// taken out; with `require`, any active one without valid signatures refuses the
     /// whole policy, naming each.
     pub fn load(&self) -> Result<Policy, LoadError> {
+        self.load_with_report().map(|(p, _)| p)
+    }
+
+    /// [`PolicyLoader::load`], with the signature report when signatures were checked.
+    pub fn load_with_report(&self) -> Result<(Policy, Option<Report>), LoadError> {
         let src = tabadol_policy::load::load_dir(&self.dir).map_err(LoadError::Policy)?;
         let Some(files) = &self.trust else {
-            return Ok(Policy::compile(src));
+            return Ok((Policy::compile(src), None));
         };
         let trust = match files.read() {
             Ok(t) => t,
@@ -170,7 +179,7 @@ impl PolicyLoader {
             }
             Err(e) => {
                 tracing::warn!(message = "policy signatures not checked", error = %e);
-                return Ok(Policy::compile(src));
+                return Ok((Policy::compile(src), None));
             }
         };
         let report = signatures::check(
@@ -214,7 +223,7 @@ impl PolicyLoader {
         }
         let mut policy = Policy::compile(report.honoured(src));
         policy.attach_signatures(&report);
-        Ok(policy)
+        Ok((policy, Some(report)))
     }
 }
 
@@ -541,8 +550,12 @@ pub fn sign_command(args: &SignArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tabadol policy explain`: one line per grant with who consented and approved.
-pub fn explain_lines(dir: &Path, args: &SignatureArgs) -> anyhow::Result<Option<Policy>> {
+/// `tabadol policy explain` with signatures (--ca or --dev): the honoured policy (its
+/// grants carry who consented and approved) and the report, for withdrawn grants.
+pub fn explain_lines(
+    dir: &Path,
+    args: &SignatureArgs,
+) -> anyhow::Result<Option<(Policy, Option<Report>)>> {
     let loader = args.loader(dir);
     if loader.trust.is_none() {
         return Ok(None);
@@ -552,9 +565,26 @@ pub fn explain_lines(dir: &Path, args: &SignatureArgs) -> anyhow::Result<Option<
         ..loader
     };
     loader
-        .load()
+        .load_with_report()
         .map(Some)
         .map_err(|e| anyhow::anyhow!("{}", e.lines().join("\n")))
+}
+
+/// Lines for `policy explain AGENCY`: the agency's withdrawn grants (not honoured).
+pub fn withdrawn_lines(report: &Report, agency: &str) -> Vec<String> {
+    report
+        .withdrawn()
+        .into_iter()
+        .filter(|i| i.kind == Kind::Grant && i.agency == agency)
+        .map(|i| {
+            format!(
+                "  {} — WITHDRAWN, not honoured (grant {}): {}",
+                i.what,
+                i.id,
+                i.summary()
+            )
+        })
+        .collect()
 }
 
 /// Arguments of `tabadol policy diff`.
@@ -788,9 +818,4 @@ pub fn dev_report(
         &trust,
         jiff::Timestamp::now(),
     ))
-}
-
-/// Whether `dir` names a secretariat (dev signing needs one for approvals).
-pub fn has_secretariat(dir: &Path) -> bool {
-    dir.join(SECRETARIAT_FILE).is_file()
 }
