@@ -202,6 +202,11 @@ impl Transport {
         url
     }
 
+    /// True while the breaker fails calls fast.
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
     /// Send `request` with the tracking code, wait at most `min(timeout, provider timeout)` for
     /// the whole answer, and classify failures. 5xx is `Unavailable`; other statuses are returned
     /// for the adapter to read in its provider's format.

@@ -100,6 +100,10 @@ pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Run one operation. Dropping the future cancels the call.
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>>;
+    /// True while the adapter's circuit breaker fails calls fast (health reports it).
+    fn circuit_open(&self) -> bool {
+        false
+    }
 }
 
 /// Which provider protocol an adapter speaks.

@@ -127,6 +127,10 @@ impl Provider for ShahkarAdapter {
         self.http.provider()
     }
 
+    fn circuit_open(&self) -> bool {
+        self.http.circuit_open()
+    }
+
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>> {
         async move {
             match req.operation.as_str() {

@@ -439,6 +439,7 @@ impl AuditSection {
             signer: Some(signer),
             checkpoint_every_records: self.checkpoint_every_records.max(1),
             checkpoint_every: std::time::Duration::from_secs(self.checkpoint_every_secs.max(1)),
+            flush_timer: Default::default(),
         }
     }
 }

@@ -6,3 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod pki;
+pub mod health;
+pub mod metrics;
+pub mod telemetry;
