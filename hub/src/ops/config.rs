@@ -38,6 +38,24 @@ pub struct Config {
     /// Bounds on the streams callers may hold open (connections: `tls.limits`).
     #[serde(default)]
     pub limits: LimitsSection,
+    /// The admin listener (metrics, dashboard, reports); off when the section is absent.
+    #[serde(default)]
+    pub admin: Option<crate::ops::admin::AdminSection>,
+    /// OpenTelemetry traces; off unless `otlp_endpoint` is set.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// OpenTelemetry export.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; traces are exported only when set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `tabadol-hub`.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 /// Bounds on what one connection, one agency and all callers together may hold open.
@@ -480,6 +498,9 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         self.tls.crls.iter_mut().for_each(fix);
+        if let Some(admin) = &mut self.admin {
+            admin.resolve_relative(base);
+        }
         for p in &mut self.providers {
             for f in [&mut p.tls.ca, &mut p.tls.cert, &mut p.tls.key]
                 .into_iter()
@@ -493,6 +514,16 @@ impl Config {
     /// Checks everything that can be checked before binding a port; collects all errors.
     pub fn validate(&self) -> Result<Policy, ConfigErrors> {
         let mut errors = Vec::new();
+        if let Some(admin) = &self.admin {
+            admin.validate(&mut errors);
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                errors.push(format!(
+                    "telemetry.otlp_endpoint: `{endpoint}` is not a URL; give e.g. http://127.0.0.1:4317"
+                ));
+            }
+        }
         for (name, p) in [
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),

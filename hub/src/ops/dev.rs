@@ -128,6 +128,14 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         default_deadline_ms: 10_000,
         events: Default::default(),
         limits: Default::default(),
+        // The admin listener (metrics, dashboard) on loopback: a test hub (port 0) gets a
+        // free port too; `tabadol dev` moves it with --admin-listen.
+        admin: Some(crate::ops::admin::AdminSection::loopback(if opts.listen.port() == 0 {
+            0
+        } else {
+            crate::ops::admin::DEFAULT_PORT
+        })),
+        telemetry: Default::default(),
     };
     let policy = config.validate()?;
     Ok(DevEnv {

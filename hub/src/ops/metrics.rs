@@ -104,6 +104,8 @@ pub struct Metrics {
     pub health_serving: Family<HealthLabel, Gauge>,
     /// How the scrape-time gauges are filled (set by the assembly in `app.rs`).
     refresh: Mutex<Option<Arc<dyn Fn(&Metrics) + Send + Sync>>>,
+    /// Streams per agency, counted at the edge.
+    stream_counts: Mutex<Option<Arc<crate::edge::limits::StreamCounts>>>,
 }
 
 impl Default for Metrics {
@@ -258,6 +260,7 @@ impl Metrics {
             policy_reload_failures,
             health_serving,
             refresh: Mutex::new(None),
+            stream_counts: Mutex::new(None),
         }
     }
 
@@ -304,6 +307,20 @@ impl Metrics {
     pub fn policy_reloaded(&self) {
         self.policy_reloads.inc();
         self.policy_version.inc();
+    }
+
+    /// The edge's per-agency stream counts, read at every scrape.
+    pub fn set_stream_counts(&self, counts: Arc<crate::edge::limits::StreamCounts>) {
+        *self.stream_counts.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+    }
+
+    /// Open streams of `agency` now (0 before the server runs).
+    pub fn streams_of(&self, agency: &str) -> usize {
+        self.stream_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.open(agency))
     }
 
     /// Sets how the scrape-time gauges (queues, connections, breakers) are read.
