@@ -119,6 +119,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/", get(dashboard))
         .route("/report/usage", get(report_usage))
         .route("/report/public", get(report_public))
+        .route("/events", get(events))
         .with_state(state)
 }
 
@@ -156,6 +157,29 @@ async fn dashboard(State(s): State<AdminState>, Query(q): Query<DashboardQuery>)
         Ok(Ok(html)) => html_response(html),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("dashboard: {e}")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("dashboard: {e}")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Response {
+    let page = tokio::task::spawn_blocking(move || {
+        crate::ops::tail::page(
+            &s.outbox,
+            s.kafka,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(crate::ops::tail::MAX_PAGE),
+        )
+    })
+    .await;
+    match page {
+        Ok(Ok(p)) => axum::Json(p).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")).into_response(),
     }
 }
 

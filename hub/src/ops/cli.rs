@@ -58,6 +58,9 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Usage reports from the audit log (R13).
+    #[command(subcommand)]
+    Report(crate::ops::report::ReportCommand),
     /// Event tools (on a stopped hub's store).
     #[command(subcommand)]
     Events(EventsCommand),
@@ -69,6 +72,9 @@ pub enum EventsCommand {
     /// cluster refuses): list them, or put them back for the relay to deliver.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Follow the event log of a running hub through its admin listener: sequence, type,
+    /// publisher, time, subscribers and delivery state (never a national code or token).
+    Tail(crate::ops::tail::TailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +113,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// Opens the store of a stopped hub, or says why not (none there, or locked by a
     /// running hub).
-    fn open(&self) -> anyhow::Result<sled::Db> {
+    pub fn open(&self) -> anyhow::Result<sled::Db> {
         let data_dir = match (&self.config, &self.dir) {
             (Some(config), _) => {
                 let (cfg, _) = crate::ops::config::Config::load(config).map_err(|e| {
@@ -458,6 +464,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(EventsCommand::DeadLetters(cmd)) => dead_letters(cmd),
+        Command::Events(EventsCommand::Tail(args)) => crate::ops::tail::run(args).await,
+        Command::Report(cmd) => {
+            crate::ops::report::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod pki;
 pub mod report;
+pub mod tail;
 pub mod admin;
 pub mod dashboard;
 pub mod health;

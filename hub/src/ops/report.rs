@@ -591,3 +591,91 @@ mod tests {
         assert_eq!(percentile_ms(&[7000], 99.0), 7.0);
     }
 }
+
+/// `tabadol report ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportCommand {
+    /// Usage of one Jalali month per agency × service (calls by outcome, latency
+    /// percentiles), or with `--public --quarter` the quarterly public figures per service
+    /// without agency detail. Reads a stopped hub's store; a running hub serves the same
+    /// at `/report/usage?month=…` and `/report/public?quarter=…` on its admin listener.
+    Usage(UsageArgs),
+}
+
+/// Arguments of `tabadol report usage`.
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// Jalali month, YYYY/MM (e.g. 1405/08).
+    #[arg(long, required_unless_present = "quarter", conflicts_with = "quarter")]
+    pub month: Option<String>,
+    /// The public figures: per service, no agency detail (needs --quarter).
+    #[arg(long, requires = "quarter")]
+    pub public: bool,
+    /// Jalali quarter, YYYY-Q (e.g. 1405-3 = months 7–9); with --public.
+    #[arg(long, requires = "public")]
+    pub quarter: Option<String>,
+    /// table, csv, json or html.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    #[command(flatten)]
+    pub store: crate::ops::cli::StoreArgs,
+    /// Policy directory for the Persian and English names [default: the configuration's
+    /// policy_dir, else policy/national, else <dir>/policy].
+    #[arg(long)]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+/// Runs `tabadol report usage`: prints the report to stdout.
+pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
+    let ReportCommand::Usage(args) = cmd;
+    let format = Format::parse(&args.format).map_err(|e| anyhow::anyhow!(e))?;
+    let (period, public) = match (&args.month, &args.quarter) {
+        (Some(m), None) => (Period::parse_month(m), false),
+        (None, Some(q)) => (Period::parse_quarter(q), true),
+        _ => (
+            Err("give --month YYYY/MM, or --public --quarter YYYY-Q".to_owned()),
+            false,
+        ),
+    };
+    let period = period.map_err(|e| anyhow::anyhow!(e))?;
+    let policy_dir = match (&args.policy, &args.store.config) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(config)) => Some(
+            crate::ops::config::Config::load(config)
+                .map_err(|e| anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display()))?
+                .0
+                .policy_dir,
+        ),
+        (None, None) => {
+            let repo = std::path::PathBuf::from("policy/national");
+            let dev = args
+                .store
+                .dir
+                .clone()
+                .unwrap_or_else(|| "./var/dev".into())
+                .join("policy");
+            [repo, dev]
+                .into_iter()
+                .find(|d| d.join("agencies.yaml").is_file())
+        }
+    };
+    let policy = match policy_dir {
+        Some(dir) => Policy::load_dir(&dir).map_err(|e| {
+            anyhow::anyhow!(
+                "policy {} (for the names in the report): {}; run `tabadol policy check {}`",
+                dir.display(),
+                e.summary(),
+                dir.display()
+            )
+        })?,
+        None => anyhow::bail!(
+            "no policy found for the agency and service names: give --policy DIR (e.g. policy/national)"
+        ),
+    };
+    let db = args.store.open()?;
+    let (from, until) = period.bounds_micros();
+    let records = crate::inquiry::audit::records_between_db(&db, from, until)?;
+    let report = Report::build(&policy, period, &records, public);
+    print!("{}", report.render(format));
+    Ok(())
+}
