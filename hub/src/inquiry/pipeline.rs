@@ -153,6 +153,7 @@ impl Hub {
 
     /// Replaces the policy atomically (callers in flight keep the old one).
     pub fn swap_policy(&self, policy: Policy) {
+        self.metrics.prime(&policy);
         self.policy.store(Arc::new(PolicyState::new(policy)));
         self.metrics.policy_reloaded();
         self.access_changed();

@@ -196,6 +196,7 @@ pub async fn start(
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
     hub.metrics = metrics;
+    hub.metrics.prime(&hub.policy().policy);
     hub.set_revoked(revoked);
     let hub = Arc::new(hub);
     let outbox = Arc::new(Outbox::open(&db)?);

@@ -48,6 +48,14 @@ pub enum Command {
         /// see live events.
         #[arg(long, value_name = "SECONDS")]
         simulate_events: Option<f64>,
+        /// Admin listener (metrics, dashboard, reports, events tail) [default:
+        /// 127.0.0.1:9464, or a free loopback port when that one is taken].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// Export OpenTelemetry traces over OTLP/gRPC to this collector (off by default),
+        /// e.g. http://127.0.0.1:4317.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Development PKI.
     #[command(subcommand)]
@@ -296,6 +304,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy,
             kafka,
             simulate_events,
+            admin_listen,
+            otlp,
         } => {
             let simulate_events = match simulate_events {
                 Some(s) if !(s.is_finite() && s >= 0.05) => anyhow::bail!(
@@ -310,7 +320,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kafka,
                 simulate_events,
             };
-            let env = crate::ops::dev::prepare(&opts).await?;
+            let mut env = crate::ops::dev::prepare(&opts).await?;
+            crate::ops::dev::operations(&mut env.config, admin_listen, otlp);
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {listen}: {e}; choose another with --listen")
             })?;
@@ -321,6 +332,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 handle.tls.clone(),
             );
             println!("{}", crate::ops::dev::banner(&env, handle.addr));
+            if let Some(admin) = handle.admin_addr {
+                println!(
+                    "Operations: dashboard http://{admin}/ · metrics http://{admin}/metrics · `tabadol events tail --admin http://{admin}`"
+                );
+            }
             let trickle = match opts.simulate_events {
                 Some(every) => {
                     println!(

@@ -303,6 +303,27 @@ impl Metrics {
         }
     }
 
+    /// Creates the series every grant has from the start (refusals at 0), so dashboards
+    /// and alerts see them before the first refusal.
+    pub fn prime(&self, policy: &tabadol_policy::Policy) {
+        for s in policy.services() {
+            for kind in ["unavailable", "deadline_exceeded"] {
+                let _ = self.provider_errors.get_or_create(&ProviderError {
+                    provider: s.provider.clone(),
+                    kind: kind.to_owned(),
+                });
+            }
+        }
+        for a in policy.agencies() {
+            for (service, _) in policy.grants_for(&a.id) {
+                let _ = self.rate_limited.get_or_create(&AgencyService {
+                    agency: a.id.clone(),
+                    service: service.id.clone(),
+                });
+            }
+        }
+    }
+
     /// A policy reload was put in force.
     pub fn policy_reloaded(&self) {
         self.policy_reloads.inc();
