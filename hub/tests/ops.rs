@@ -152,3 +152,156 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
     }
     hub.stop().await;
 }
+
+async fn health_client(
+    hub: &TestHub,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    tonic_health::pb::health_client::HealthClient::new(hub.channel("cbi").await)
+}
+
+async fn status_of(
+    client: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> i32 {
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+/// Waits (at most 15 s) until every `(service, status)` holds at once.
+async fn wait_health(
+    client: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    want: &[(&str, i32)],
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut got = Vec::new();
+        for (service, _) in want {
+            got.push((*service, status_of(client, service).await));
+        }
+        if got.iter().zip(want).all(|(g, w)| g.1 == w.1) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never became {want:?}; it is {got:?} (1 = SERVING, 2 = NOT_SERVING)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// grpc.health.v1 turns NOT_SERVING for Shahkar (its gRPC service and its catalog
+/// service) when the Shahkar provider is stopped, while the hub and the other services
+/// stay SERVING; and back to SERVING when the provider is started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_provider_stopped_and_restarted() {
+    let hub = TestHub::start().await;
+    let mut health = health_client(&hub).await;
+    wait_health(
+        &mut health,
+        &[
+            ("", SERVING),
+            ("tabadol.v1.Shahkar", SERVING),
+            (SHAHKAR, SERVING),
+            ("tabadol.v1.CivilRegistry", SERVING),
+        ],
+    )
+    .await;
+
+    let addr = hub.sims.shahkar.addr();
+    hub.sims.shahkar.shutdown().await;
+    wait_health(
+        &mut health,
+        &[
+            ("tabadol.v1.Shahkar", NOT_SERVING),
+            (SHAHKAR, NOT_SERVING),
+            ("", SERVING),
+            ("tabadol.v1.CivilRegistry", SERVING),
+            ("tabadol.v1.Inquiry", SERVING),
+        ],
+    )
+    .await;
+    // The admin listener's /health says why.
+    let admin = hub.handle.admin_addr.unwrap();
+    let (status, body) = get(&format!("http://{admin}/health")).await;
+    assert_eq!(status, 200, "the hub as a whole still serves: {body}");
+    let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(snap["services"][SHAHKAR]["serving"], false, "{body}");
+    assert!(
+        snap["services"][SHAHKAR]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("provider cra"),
+        "{body}"
+    );
+    let (_, metrics) = get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains(&format!("tabadol_health_serving{{service=\"{SHAHKAR}\"}} 0")),
+        "{metrics}"
+    );
+
+    let restarted = tabadol_adapters::simulators::start_shahkar(hub.dataset.clone(), addr)
+        .await
+        .expect("the simulator listens on its old port again");
+    wait_health(
+        &mut health,
+        &[("tabadol.v1.Shahkar", SERVING), (SHAHKAR, SERVING), ("", SERVING)],
+    )
+    .await;
+    let (nc, mobile) = hub.alive(0);
+    shahkar_call(&hub, "cbi", "TRK-HEALTH-BACK", &nc, &mobile)
+        .await
+        .expect("calls go through again");
+    restarted.shutdown().await;
+    hub.stop().await;
+}
+
+/// A service inside a planned maintenance window (services.yaml) is NOT_SERVING while
+/// the other method of the same provider, and its gRPC service, still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_shows_a_maintenance_window() {
+    use tabadol_policy::jalali::JalaliDate;
+    let policy = common::copy_policy();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tehran").unwrap())
+        .date();
+    let from = JalaliDate::from_civil(today.yesterday().unwrap());
+    let until = JalaliDate::from_civil(today.tomorrow().unwrap());
+    let path = policy.path().join("services.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"1405/09/01 02:00\""), "the shipped window moved");
+    let text = text
+        .replace("\"1405/09/01 02:00\"", &format!("\"{from} 00:00\""))
+        .replace("\"1405/09/01 04:00\"", &format!("\"{until} 23:00\""));
+    std::fs::write(&path, text).unwrap();
+    let hub = TestHub::start_with_policy(policy.path().to_owned()).await;
+    let mut health = health_client(&hub).await;
+    wait_health(
+        &mut health,
+        &[
+            ("nocr.identity", NOT_SERVING),
+            ("nocr.life-status", SERVING),
+            ("tabadol.v1.CivilRegistry", SERVING),
+            ("", SERVING),
+        ],
+    )
+    .await;
+    let admin = hub.handle.admin_addr.unwrap();
+    let (_, body) = get(&format!("http://{admin}/health")).await;
+    let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        snap["services"]["nocr.identity"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("planned maintenance"),
+        "{body}"
+    );
+    hub.stop().await;
+}

@@ -167,9 +167,11 @@ impl Checker {
                     Verdict::not(format!("no adapter configured for provider {}", s.provider))
                 })
             };
+            // A typed gRPC service serves while any of its catalog services does (a
+            // maintenance window of one method leaves the others answering).
             let typed = typed_service(s.adapter).to_owned();
-            let entry = grpc.entry(typed).or_insert(true);
-            *entry &= verdict.serving;
+            let entry = grpc.entry(typed).or_insert(false);
+            *entry |= verdict.serving;
             grpc.insert(s.id.clone(), verdict.serving);
             services.insert(s.id.clone(), verdict);
         }
