@@ -305,3 +305,311 @@ async fn health_shows_a_maintenance_window() {
     );
     hub.stop().await;
 }
+
+/// One generated audit record: agency, service, outcome, latency (µs), time (µs).
+type Gen = (&'static str, &'static str, &'static str, u64, i64);
+
+fn tehran_micros(y: i32, m: u8, d: u8, h: i8, min: i8, s: i8) -> i64 {
+    let civil = tabadol_policy::jalali::JalaliDate::new(y, m, d).unwrap().to_civil();
+    civil
+        .at(h, min, s, 0)
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tehran").unwrap())
+        .unwrap()
+        .timestamp()
+        .as_microsecond()
+}
+
+/// Calls of 1405/08 (days 1–30), plus some just outside it.
+fn generated_calls() -> Vec<Gen> {
+    let mut v: Vec<Gen> = Vec::new();
+    let outcomes = [
+        ("ok", 30),
+        ("denied", 5),
+        ("unavailable", 3),
+        ("rate_limited", 2),
+    ];
+    let mut i = 0u64;
+    for (outcome, n) in outcomes {
+        for _ in 0..n {
+            let day = (i % 30) as u8 + 1;
+            v.push((
+                "cbi",
+                SHAHKAR,
+                outcome,
+                1_000 + i * 737 % 9_000,
+                tehran_micros(1405, 8, day, (i % 24) as i8, 10, 0),
+            ));
+            i += 1;
+        }
+    }
+    for k in 0..7u64 {
+        v.push((
+            "moh",
+            "nocr.identity",
+            "ok",
+            20_000 + k * 3_100,
+            tehran_micros(1405, 8, 15, 9, k as i8, 0),
+        ));
+    }
+    v.push(("moh", "nocr.identity", "invalid", 400, tehran_micros(1405, 8, 16, 9, 0, 0)));
+    // The first and last second of the month are in it...
+    v.push(("cbi", SHAHKAR, "ok", 5_000, tehran_micros(1405, 8, 1, 0, 0, 0)));
+    v.push(("cbi", SHAHKAR, "ok", 6_000, tehran_micros(1405, 8, 30, 23, 59, 59)));
+    // ...the seconds around it are not (but are in quarter 3).
+    v.push(("cbi", SHAHKAR, "ok", 7_000, tehran_micros(1405, 7, 30, 23, 59, 59)));
+    v.push(("moh", "nocr.identity", "ok", 8_000, tehran_micros(1405, 9, 1, 0, 0, 0)));
+    // Another quarter entirely.
+    v.push(("cbi", SHAHKAR, "ok", 9_000, tehran_micros(1405, 10, 1, 12, 0, 0)));
+    v.sort_by_key(|g| g.4);
+    v
+}
+
+/// Writes `calls` into a new hub store under `data_dir/store` (as a stopped hub leaves it).
+fn write_store(data_dir: &std::path::Path, calls: &[Gen]) {
+    let store = data_dir.join("store");
+    let calls = calls.to_vec();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let db = tabadol_hub::inquiry::audit::open_store(&store, None).unwrap();
+            let audit =
+                tabadol_hub::inquiry::audit::Audit::open(&db, Default::default()).unwrap();
+            for (n, (agency, service, outcome, latency, time)) in calls.into_iter().enumerate() {
+                audit
+                    .append(tabadol_hub::inquiry::audit::AuditRecord {
+                        seq: 0,
+                        time_micros: time,
+                        inquiry_id: format!("gen-{n}"),
+                        agency: agency.into(),
+                        service: service.into(),
+                        purpose: "kyc".into(),
+                        tracking_code: format!("TRK-GEN-{n}"),
+                        service_request_id: String::new(),
+                        outcome: outcome.into(),
+                        latency_micros: latency,
+                        detail: String::new(),
+                        prev_hash: String::new(),
+                        hash: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            db.flush_async().await.unwrap();
+        });
+        // Dropping the runtime ends the audit writer and with it its handle on the store.
+        drop(rt);
+    })
+    .join()
+    .unwrap();
+}
+
+/// What a report must say for one group: calls, by outcome, p50/p95/p99 in ms.
+#[derive(Debug, PartialEq)]
+struct Expect {
+    calls: u64,
+    outcomes: BTreeMap<String, u64>,
+    p: [f64; 3],
+}
+
+fn expected(calls: &[Gen], from: i64, until: i64, public: bool) -> BTreeMap<(String, String), Expect> {
+    let mut groups: BTreeMap<(String, String), (BTreeMap<String, u64>, Vec<u64>)> = BTreeMap::new();
+    for (agency, service, outcome, latency, time) in calls {
+        if *time < from || *time >= until {
+            continue;
+        }
+        let a = if public { String::new() } else { agency.to_string() };
+        let g = groups.entry((a, service.to_string())).or_default();
+        *g.0.entry(outcome.to_string()).or_default() += 1;
+        g.1.push(*latency);
+    }
+    groups
+        .into_iter()
+        .map(|(k, (outcomes, mut lat))| {
+            lat.sort();
+            // Nearest rank: the smallest value with at least p% of the values at or below it.
+            let pick = |p: f64| {
+                let n = lat.len();
+                let idx = (0..n).find(|&i| (i + 1) as f64 >= p / 100.0 * n as f64).unwrap();
+                lat[idx] as f64 / 1000.0
+            };
+            (
+                k,
+                Expect {
+                    calls: lat.len() as u64,
+                    outcomes,
+                    p: [pick(50.0), pick(95.0), pick(99.0)],
+                },
+            )
+        })
+        .collect()
+}
+
+fn tabadol(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tabadol"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tabadol report usage` over a generated 1405/08 matches the calls made — per agency ×
+/// service, by outcome, with nearest-rank latency percentiles — in table, CSV, JSON and
+/// HTML; calls a second outside the month are left out; the quarterly public figures
+/// carry no agency; bad periods are refused saying what to give.
+#[test]
+fn report_usage_matches_the_calls_in_every_format() {
+    let calls = generated_calls();
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path(), &calls);
+    let policy_dir = common::policy_dir();
+    let policy = tabadol_policy::Policy::load_dir(&policy_dir).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let p = policy_dir.to_str().unwrap();
+    let from = tehran_micros(1405, 8, 1, 0, 0, 0);
+    let until = tehran_micros(1405, 9, 1, 0, 0, 0);
+    let want = expected(&calls, from, until, false);
+    assert_eq!(want.len(), 2);
+    assert_eq!(want[&("cbi".into(), SHAHKAR.into())].calls, 42);
+
+    let run = |format: &str| {
+        let (ok, out, err) = tabadol(&[
+            "report", "usage", "--month", "1405/08", "--dir", d, "--policy", p, "--format", format,
+        ]);
+        assert!(ok, "report --format {format} failed: {err}");
+        out
+    };
+
+    // JSON
+    let json: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    assert_eq!(json["period"], "1405/08");
+    assert_eq!(json["from"], "1405/08/01");
+    assert_eq!(json["until"], "1405/08/30");
+    assert_eq!(json["calls"], 42 + 8);
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), want.len());
+    for row in rows {
+        let key = (
+            row["agency"].as_str().unwrap().to_owned(),
+            row["service"].as_str().unwrap().to_owned(),
+        );
+        let w = &want[&key];
+        assert_eq!(row["calls"].as_u64().unwrap(), w.calls, "{key:?}");
+        let outcomes: BTreeMap<String, u64> =
+            serde_json::from_value(row["outcomes"].clone()).unwrap();
+        assert_eq!(outcomes, w.outcomes, "{key:?}");
+        let got = [
+            row["p50_ms"].as_f64().unwrap(),
+            row["p95_ms"].as_f64().unwrap(),
+            row["p99_ms"].as_f64().unwrap(),
+        ];
+        assert_eq!(got, w.p, "{key:?}");
+        let agency = policy.agency(&key.0).unwrap();
+        assert_eq!(row["agency_fa"], agency.name_fa.as_str());
+        assert_eq!(row["agency_en"], agency.name_en.as_str());
+        assert_eq!(row["service_fa"], policy.service(&key.1).unwrap().title_fa.as_str());
+    }
+
+    // CSV: a header, one line per group, the same numbers.
+    let csv = run("csv");
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}: {head:?}"));
+    let body: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    assert_eq!(body.len(), want.len(), "{csv}");
+    for cells in &body {
+        let key = (cells[col("agency")].clone(), cells[col("service")].clone());
+        let w = &want[&key];
+        assert_eq!(cells[col("period")], "1405/08");
+        assert_eq!(cells[col("calls")].parse::<u64>().unwrap(), w.calls);
+        for o in ["ok", "denied", "unavailable", "rate_limited", "invalid"] {
+            assert_eq!(
+                cells[col(o)].parse::<u64>().unwrap(),
+                w.outcomes.get(o).copied().unwrap_or(0),
+                "{key:?} {o}"
+            );
+        }
+        assert_eq!(cells[col("p95_ms")].parse::<f64>().unwrap(), w.p[1], "{key:?}");
+        assert_eq!(cells[col("agency_fa")], policy.agency(&key.0).unwrap().name_fa);
+    }
+
+    // Table: one aligned line per group with its calls and outcome counts.
+    let table = run("table");
+    assert!(table.contains("1405/08/01 – 1405/08/30"), "{table}");
+    let head = table.lines().find(|l| l.starts_with("AGENCY")).expect(&table);
+    let cols: Vec<&str> = head.split_whitespace().collect();
+    for ((agency, service), w) in &want {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(agency.as_str()) && l.contains(service.as_str()))
+            .unwrap_or_else(|| panic!("no line for {agency} {service}:\n{table}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.len(), cols.len(), "{line}");
+        let at = |name: &str| cells[cols.iter().position(|c| *c == name).unwrap()];
+        assert_eq!(at("CALLS").parse::<u64>().unwrap(), w.calls);
+        assert_eq!(at("OK").parse::<u64>().unwrap(), w.outcomes["ok"]);
+        assert_eq!(at("P99_MS").parse::<f64>().unwrap(), (w.p[2] * 10.0).round() / 10.0);
+    }
+
+    // HTML: Persian, right to left, Persian digits that read back as the same numbers.
+    let html = run("html");
+    assert!(html.contains("<html lang=\"fa\" dir=\"rtl\">"), "{html}");
+    assert!(html.contains("۱۴۰۵/۰۸/۰۱"), "Jalali dates in Persian digits");
+    for ((agency, service), w) in &want {
+        let marker = format!("data-agency=\"{agency}\" data-service=\"{service}\">");
+        let start = html.find(&marker).unwrap_or_else(|| panic!("no row {marker}"));
+        let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+        assert!(row.contains(policy.agency(agency).unwrap().name_fa.as_str()), "{row}");
+        assert!(row.contains(policy.agency(agency).unwrap().name_en.as_str()), "{row}");
+        let calls_cell = row.split("class=\"n calls\">").nth(1).unwrap();
+        let calls_text = latin_digits(&calls_cell[..calls_cell.find('<').unwrap()]);
+        assert_eq!(calls_text.parse::<u64>().unwrap(), w.calls, "{row}");
+        let ok_cell = row.split("data-outcome=\"ok\">").nth(1).unwrap();
+        assert_eq!(
+            latin_digits(&ok_cell[..ok_cell.find('<').unwrap()]).parse::<u64>().unwrap(),
+            w.outcomes["ok"]
+        );
+    }
+
+    // Public figures of quarter 1405-3: per service, no agency anywhere.
+    let (ok, out, err) = tabadol(&[
+        "report", "usage", "--public", "--quarter", "1405-3", "--dir", d, "--policy", p, "--format", "json",
+    ]);
+    assert!(ok, "{err}");
+    let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let qfrom = tehran_micros(1405, 7, 1, 0, 0, 0);
+    let quntil = tehran_micros(1405, 10, 1, 0, 0, 0);
+    let qwant = expected(&calls, qfrom, quntil, true);
+    assert_eq!(q["from"], "1405/07/01");
+    assert_eq!(q["until"], "1405/09/30");
+    let qrows = q["rows"].as_array().unwrap();
+    assert_eq!(qrows.len(), qwant.len());
+    for row in qrows {
+        assert!(row.get("agency").is_none(), "public figures name an agency: {row}");
+        let w = &qwant[&(String::new(), row["service"].as_str().unwrap().to_owned())];
+        assert_eq!(row["calls"].as_u64().unwrap(), w.calls);
+        let failed = w.outcomes.get("unavailable").copied().unwrap_or(0);
+        let avail = ((w.calls - failed) as f64 * 10000.0 / w.calls as f64).round() / 100.0;
+        assert_eq!(row["availability_percent"].as_f64().unwrap(), avail);
+    }
+    for agency in ["cbi", "moh"] {
+        let name = &policy.agency(agency).unwrap().name_en;
+        for format in ["json", "csv", "table", "html"] {
+            let (_, out, _) = tabadol(&[
+                "report", "usage", "--public", "--quarter", "1405-3", "--dir", d, "--policy", p,
+                "--format", format,
+            ]);
+            assert!(!out.contains(name.as_str()) && !out.contains(&format!("\"{agency}\"")), "{format}: {out}");
+        }
+    }
+
+    // Bad input is refused naming the flag.
+    let (ok, _, err) = tabadol(&["report", "usage", "--month", "1405/13", "--dir", d, "--policy", p]);
+    assert!(!ok && err.contains("--month") && err.contains("01–12"), "{err}");
+    let (ok, _, err) = tabadol(&["report", "usage", "--month", "1405/08", "--dir", d, "--policy", p, "--format", "pdf"]);
+    assert!(!ok && err.contains("--format"), "{err}");
+}
