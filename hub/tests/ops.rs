@@ -613,3 +613,124 @@ fn report_usage_matches_the_calls_in_every_format() {
     let (ok, _, err) = tabadol(&["report", "usage", "--month", "1405/08", "--dir", d, "--policy", p, "--format", "pdf"]);
     assert!(!ok && err.contains("--format"), "{err}");
 }
+
+fn chromium(args: &[String]) -> String {
+    let browser = require_program("chromium", "chromium");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dashboard loads in headless Chromium: the access matrix with each grant's
+/// approval, subscriptions, today's usage of the calls just made, availability; in
+/// Persian (RTL) and, toggled, English. A screenshot is kept in target/test-artifacts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let hub = TestHub::start().await;
+    let (nc, mobile) = hub.alive(0);
+    for i in 0..2 {
+        shahkar_call(&hub, "cbi", &format!("TRK-DASH-{i}"), &nc, &mobile)
+            .await
+            .unwrap();
+    }
+    CivilRegistryClient::new(hub.channel("moh").await)
+        .get_identity(GetIdentityRequest {
+            context: ctx("TRK-DASH-ID", "patient-identification"),
+            national_code: nc.clone(),
+            fields: vec![],
+        })
+        .await
+        .unwrap();
+    // Health has been checked once, so availability is filled in.
+    let mut health = health_client(&hub).await;
+    wait_health(&mut health, &[(SHAHKAR, SERVING)]).await;
+
+    let admin = hub.handle.admin_addr.unwrap();
+    let url = format!("http://{admin}/");
+    let dom = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || chromium(&["--dump-dom".into(), url]))
+            .await
+            .unwrap()
+    };
+    let policy = tabadol_policy::Policy::load_dir(&common::policy_dir()).unwrap();
+    assert!(dom.contains("dir=\"rtl\""), "Persian page is right to left");
+    assert!(dom.contains("ماتریس دسترسی"), "{dom}");
+    assert!(dom.contains("id=\"access-matrix\""));
+    // Every grant of the policy, with the approval it cites.
+    let mut grants = 0;
+    for a in policy.agencies() {
+        for (svc, g) in policy.grants_for(&a.id) {
+            grants += 1;
+            let marker = format!("data-agency=\"{}\" data-service=\"{}\"", a.id, svc.id);
+            let start = dom
+                .find(&format!("<tr class=\"grant\" {marker}"))
+                .unwrap_or_else(|| panic!("no grant row {marker}"));
+            let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+            let approval = tabadol_hub::inquiry::pipeline::approval_text(&g.approved);
+            let approval = approval.replace('&', "&amp;").replace('"', "&quot;");
+            assert!(row.contains(&approval), "{row} lacks {approval}");
+            assert!(row.contains(&g.fields.join(", ")), "{row}");
+        }
+    }
+    assert!(grants > 5);
+    assert!(dom.contains("id=\"subscriptions\""));
+    // Today's usage: cbi made 2 Shahkar calls, moh 1 identity call.
+    for (agency, service, n) in [("cbi", SHAHKAR, "۲"), ("moh", "nocr.identity", "۱")] {
+        let marker = format!("<tr class=\"usage\" data-agency=\"{agency}\" data-service=\"{service}\">");
+        let start = dom.find(&marker).unwrap_or_else(|| panic!("no usage row {marker}:\n{dom}"));
+        let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+        assert!(row.contains(&format!("class=\"n today\">{n}<")), "{row}");
+        assert!(row.contains(&format!("class=\"n month\">{n}<")), "{row}");
+    }
+    assert!(!dom.contains(&nc) && !dom.contains("TRK-DASH"), "no subject data, no tracking codes");
+    // Availability: services serving, the shipped maintenance window listed when ahead.
+    assert!(dom.contains("id=\"availability\""));
+    assert!(dom.contains("در حال خدمت"), "{dom}");
+
+    // English toggle.
+    let en = {
+        let url = format!("{url}?lang=en");
+        tokio::task::spawn_blocking(move || chromium(&["--dump-dom".into(), url]))
+            .await
+            .unwrap()
+    };
+    assert!(en.contains("dir=\"ltr\"") && en.contains("Access matrix") && en.contains("Usage"));
+    assert!(en.contains(&policy.agency("cbi").unwrap().name_en));
+    assert!(
+        en.contains("class=\"n today\">2<"),
+        "English numbers in Latin digits"
+    );
+
+    // The screenshot, kept as an artifact.
+    let shot = ops_helpers::artifacts_dir().join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    {
+        let args = vec![
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1600,2400".to_owned(),
+            url.clone(),
+        ];
+        tokio::task::spawn_blocking(move || chromium(&args)).await.unwrap();
+    }
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture");
+    hub.stop().await;
+}
