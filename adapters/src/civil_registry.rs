@@ -116,7 +116,7 @@ impl CivilRegistryAdapter {
         };
         let reply = self
             .http
-            .send(self.http.client().get(url), &req.tracking_code, req.timeout)
+            .send_for(self.http.client().get(url), req)
             .await?;
         if reply.status.is_success() {
             return Ok(reply);

@@ -46,6 +46,9 @@ pub struct ProviderRequest {
     pub tracking_code: String,
     /// What is left of the caller's deadline; the adapter waits at most `min(timeout, config.timeout)`.
     pub timeout: Duration,
+    /// W3C `traceparent` of the hub's provider-call span (the caller's trace continued);
+    /// sent to the provider as the `traceparent` header when set.
+    pub traceparent: Option<String>,
 }
 
 /// What a provider answered.

@@ -96,7 +96,7 @@ impl ShahkarAdapter {
             .json(&body);
         let reply = self
             .http
-            .send(request, &req.tracking_code, req.timeout)
+            .send_for(request, req)
             .await?;
         let answer: Option<MatchResponse> = serde_json::from_slice(&reply.body).ok();
         match answer {

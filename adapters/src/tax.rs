@@ -100,7 +100,7 @@ impl TaxAdapter {
         url.query_pairs_mut().append_pair(wire, value);
         let reply = self
             .http
-            .send(self.http.client().get(url), &req.tracking_code, req.timeout)
+            .send_for(self.http.client().get(url), req)
             .await?;
         let envelope: Option<Envelope> = serde_json::from_slice(&reply.body).ok();
         let dto = match envelope {

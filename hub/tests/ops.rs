@@ -734,3 +734,151 @@ async fn dashboard_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture");
     hub.stop().await;
 }
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+/// A real OTLP/gRPC trace receiver: every exported span, kept.
+#[derive(Clone, Default)]
+struct Receiver(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        }
+    })
+}
+
+/// An inquiry's spans reach a real OTLP/gRPC receiver: the inquiry span carries agency,
+/// service, purpose, tracking code and outcome (never the national code or mobile), its
+/// parent is the caller's `traceparent`, the decision and the provider call are its
+/// children, and the provider receives a `traceparent` of the same trace whose parent is
+/// the provider-call span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_receives_the_spans_of_an_inquiry_with_the_callers_parent() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    // A Shahkar stand-in that answers and records the traceparent it is sent.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_addr = provider.local_addr().unwrap();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let record = record.clone();
+        async move {
+            if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+                record.lock().unwrap().push(tp.to_owned());
+            }
+            axum::Json(serde_json::json!({"response": 0, "matched": true}))
+        }
+    });
+    let provider_task = tokio::spawn(async move { axum::serve(provider, app).await });
+
+    let hub = TestHub::start_configured(None, common::policy_dir(), |_, cfg| {
+        cfg.telemetry.otlp_endpoint = Some(format!("http://{otlp}"));
+        for p in &mut cfg.providers {
+            if p.provider == "cra" {
+                p.base_url = format!("http://{provider_addr}");
+            }
+        }
+    })
+    .await;
+    let (nc, mobile) = hub.alive(0);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(MatchMobileRequest {
+        context: ctx("TRK-OTEL-1", "kyc"),
+        national_code: nc.clone(),
+        mobile: mobile.clone(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    ShahkarClient::new(hub.channel("cbi").await)
+        .match_mobile(req)
+        .await
+        .expect("the call succeeds");
+
+    let handle = &hub.handle;
+    tokio::task::block_in_place(|| handle.flush_telemetry());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.0.lock().unwrap().clone();
+        let inquiry = spans.iter().any(|s| {
+            s.name == "tabadol.inquiry" && attr(s, "tabadol.tracking_code").as_deref() == Some("TRK-OTEL-1")
+        });
+        if inquiry && spans.len() >= 3 {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans never arrived: {spans:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::task::block_in_place(|| handle.flush_telemetry());
+    };
+    let inquiry = spans
+        .iter()
+        .find(|s| s.name == "tabadol.inquiry")
+        .unwrap();
+    assert_eq!(hex::encode(&inquiry.trace_id), trace_id, "the caller's trace");
+    assert_eq!(hex::encode(&inquiry.parent_span_id), parent_id, "the caller's span is the parent");
+    assert_eq!(attr(inquiry, "tabadol.agency").as_deref(), Some("cbi"));
+    assert_eq!(attr(inquiry, "tabadol.service").as_deref(), Some(SHAHKAR));
+    assert_eq!(attr(inquiry, "tabadol.purpose").as_deref(), Some("kyc"));
+    assert_eq!(attr(inquiry, "tabadol.outcome").as_deref(), Some("ok"));
+    for name in ["tabadol.decision", "tabadol.provider_call"] {
+        let child = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span: {spans:?}"));
+        assert_eq!(child.trace_id, inquiry.trace_id);
+        assert_eq!(child.parent_span_id, inquiry.span_id, "{name} is a child of the inquiry");
+    }
+    for s in &spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains(&nc) && !v.contains(&mobile), "subject data in span {}: {kv:?}", s.name);
+        }
+    }
+    let call = spans.iter().find(|s| s.name == "tabadol.provider_call").unwrap();
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        vec![format!("00-{trace_id}-{}-01", hex::encode(&call.span_id))],
+        "the provider is sent the trace, parented at the provider-call span"
+    );
+    hub.stop().await;
+    server.abort();
+    provider_task.abort();
+}

@@ -64,6 +64,7 @@ pub fn request(operation: &str, params: &[(&str, &str)]) -> ProviderRequest {
             .collect::<BTreeMap<_, _>>(),
         tracking_code: "TRK-1403-000042".into(),
         timeout: Duration::from_secs(10),
+        traceparent: None,
     }
 }
 

@@ -285,6 +285,7 @@ impl Hub {
                 params: std::mem::take(&mut input.params),
                 tracking_code: std::mem::take(&mut input.tracking_code),
                 timeout: call::budget(deadline, self.default_deadline, Instant::now()),
+                traceparent: None,
             };
             Ok::<_, HubError>((provider, provider_id, request, granted))
         })();
@@ -294,6 +295,8 @@ impl Hub {
         };
         // 7. Provider call under the caller's deadline (the adapter holds the breaker).
         let span = observe.child("tabadol.provider_call");
+        let mut request = request;
+        request.traceparent = crate::ops::telemetry::traceparent(span.context());
         let called = call::call(provider.as_ref(), &provider_id, request).await;
         observe.provider(span, &provider_id, called.as_ref().err());
         let result = called

@@ -91,6 +91,14 @@ pub fn inject(cx: &Context) -> Vec<(String, String)> {
     out.0
 }
 
+/// The W3C `traceparent` value of `cx` (None when it holds no valid span context).
+pub fn traceparent(cx: &Context) -> Option<String> {
+    inject(cx)
+        .into_iter()
+        .find(|(k, _)| k == "traceparent")
+        .map(|(_, v)| v)
+}
+
 /// Tower layer making the caller's trace context current while its call is handled.
 #[derive(Clone, Copy, Default)]
 pub struct TraceContextLayer;

@@ -68,6 +68,7 @@ mod tests {
             params: Default::default(),
             tracking_code: "T-1".to_owned(),
             timeout,
+            traceparent: None,
         }
     }
 
