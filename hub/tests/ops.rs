@@ -882,3 +882,83 @@ async fn otlp_receives_the_spans_of_an_inquiry_with_the_callers_parent() {
     server.abort();
     provider_task.abort();
 }
+
+async fn publish_death(hub: &TestHub, i: usize) -> String {
+    let s = hub.samples();
+    let p = &s["persons_deceased"][i];
+    let nc = p["national_code"].as_str().unwrap().to_owned();
+    tabadol_proto::v1::events_client::EventsClient::new(hub.channel("nocr").await)
+        .publish(tabadol_proto::v1::PublishRequest {
+            event_id: format!("ops-tail-{i}"),
+            r#type: "death.v1".into(),
+            national_code: nc.clone(),
+            date: p["death_date"].as_str().unwrap().to_owned(),
+        })
+        .await
+        .expect("nocr publishes");
+    nc
+}
+
+/// `tabadol events tail` shows a running hub's events — sequence, type, publisher,
+/// subscribers, delivery state — never a national code, and follows new ones live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_follows_the_event_log_without_subject_data() {
+    use std::io::BufRead as _;
+    let hub = TestHub::start().await;
+    let admin = hub.handle.admin_addr.unwrap();
+    let mut codes = vec![publish_death(&hub, 0).await, publish_death(&hub, 1).await];
+
+    let admin_url = format!("http://{admin}");
+    let (ok, out, err) = {
+        let admin_url = admin_url.clone();
+        tokio::task::spawn_blocking(move || tabadol(&["events", "tail", "--admin", &admin_url, "--once"]))
+            .await
+            .unwrap()
+    };
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("death.v1")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        let cells: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(cells[0], (i + 1).to_string(), "{l}");
+        assert!(l.contains("nocr") && l.contains("stream") && l.contains("cbi"), "{l}");
+    }
+    // The page behind it holds no national code either.
+    let (_, json) = get(&format!("{admin_url}/events?after=0")).await;
+    for c in &codes {
+        assert!(!out.contains(c.as_str()) && !json.contains(c.as_str()), "national code shown");
+    }
+
+    // Follow: a new event appears while tail runs.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tabadol"));
+    cmd.args(["events", "tail", "--admin", &admin_url, "--poll-ms", "200"]);
+    let mut child = spawn(cmd);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    codes.push(publish_death(&hub, 2).await);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let third = line.split_whitespace().next() == Some("3") && line.contains("death.v1");
+            seen.push(line);
+            if third {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "tail never showed event 3: {seen:?}");
+    }
+    for c in &codes {
+        assert!(seen.iter().all(|l| !l.contains(c.as_str())), "national code shown: {seen:?}");
+    }
+    drop(child);
+    hub.stop().await;
+}
