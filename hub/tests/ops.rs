@@ -150,6 +150,43 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // deploy/: the scrape configuration is valid, and every query of the Grafana
+    // dashboard is valid PromQL over metrics the hub exposes.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let promtool = require_program("promtool", "prometheus");
+    let check = Command::new(promtool)
+        .args(["check", "config"])
+        .arg(deploy.join("prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let grafana: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy.join("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let mut exprs = 0;
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            exprs += 1;
+            let url = reqwest::Url::parse_with_params(
+                &format!("http://127.0.0.1:{port}/api/v1/query"),
+                &[("query", expr)],
+            )
+            .unwrap();
+            let answer: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            let metric = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|w| w.starts_with("tabadol_"))
+                .unwrap();
+            let family = metric
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_total");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{expr}: the hub has no {family}");
+        }
+    }
+    assert!(exprs >= 20);
     hub.stop().await;
 }
 
