@@ -114,10 +114,7 @@ impl CivilRegistryAdapter {
         } else {
             self.http.url(&["nocr", "v2", "persons", nin])
         };
-        let reply = self
-            .http
-            .send_for(self.http.client().get(url), req)
-            .await?;
+        let reply = self.http.send_for(self.http.client().get(url), req).await?;
         if reply.status.is_success() {
             return Ok(reply);
         }

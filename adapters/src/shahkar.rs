@@ -94,10 +94,7 @@ impl ShahkarAdapter {
             .client()
             .post(self.http.url(&MATCH_PATH))
             .json(&body);
-        let reply = self
-            .http
-            .send_for(request, req)
-            .await?;
+        let reply = self.http.send_for(request, req).await?;
         let answer: Option<MatchResponse> = serde_json::from_slice(&reply.body).ok();
         match answer {
             Some(MatchResponse {

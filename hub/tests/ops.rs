@@ -42,7 +42,10 @@ async fn shahkar_call(
 async fn prometheus_scrapes_inquiries_by_outcome() {
     let prometheus = require_program("prometheus", "prometheus");
     let hub = TestHub::start().await;
-    let admin = hub.handle.admin_addr.expect("the test hub has an admin listener");
+    let admin = hub
+        .handle
+        .admin_addr
+        .expect("the test hub has an admin listener");
     let (nc, mobile) = hub.alive(0);
     for i in 0..3 {
         shahkar_call(&hub, "cbi", &format!("TRK-PROM-OK-{i}"), &nc, &mobile)
@@ -87,10 +90,15 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
         );
     }
     assert!(
-        text.contains("tabadol_rate_limit_refusals_total{agency=\"cbi\",service=\"cra.shahkar.match\"} 0"),
+        text.contains(
+            "tabadol_rate_limit_refusals_total{agency=\"cbi\",service=\"cra.shahkar.match\"} 0"
+        ),
         "every grant has its refusal series from the start:\n{text}"
     );
-    assert!(text.contains("tabadol_connections{agency=\"cbi\"} "), "{text}");
+    assert!(
+        text.contains("tabadol_connections{agency=\"cbi\"} "),
+        "{text}"
+    );
     for secret in [nc.as_str(), mobile.as_str(), "TRK-PROM"] {
         assert!(!text.contains(secret), "/metrics holds {secret}");
     }
@@ -107,7 +115,10 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
     let port = free_port();
     let mut cmd = Command::new(&prometheus);
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--log.level=warn");
     let _prom = spawn(cmd);
@@ -160,10 +171,15 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
         .arg(deploy.join("prometheus.yml"))
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-    let grafana: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy.join("grafana-dashboard.json")).unwrap())
-            .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
     let mut exprs = 0;
     for panel in grafana["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
@@ -183,7 +199,10 @@ async fn prometheus_scrapes_inquiries_by_outcome() {
             let family = metric
                 .trim_end_matches("_bucket")
                 .trim_end_matches("_total");
-            assert!(text.contains(&format!("# TYPE {family} ")), "{expr}: the hub has no {family}");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{expr}: the hub has no {family}"
+            );
         }
     }
     assert!(exprs >= 20);
@@ -280,7 +299,9 @@ async fn health_follows_a_provider_stopped_and_restarted() {
     );
     let (_, metrics) = get(&format!("http://{admin}/metrics")).await;
     assert!(
-        metrics.contains(&format!("tabadol_health_serving{{service=\"{SHAHKAR}\"}} 0")),
+        metrics.contains(&format!(
+            "tabadol_health_serving{{service=\"{SHAHKAR}\"}} 0"
+        )),
         "{metrics}"
     );
 
@@ -289,7 +310,11 @@ async fn health_follows_a_provider_stopped_and_restarted() {
         .expect("the simulator listens on its old port again");
     wait_health(
         &mut health,
-        &[("tabadol.v1.Shahkar", SERVING), (SHAHKAR, SERVING), ("", SERVING)],
+        &[
+            ("tabadol.v1.Shahkar", SERVING),
+            (SHAHKAR, SERVING),
+            ("", SERVING),
+        ],
     )
     .await;
     let (nc, mobile) = hub.alive(0);
@@ -313,7 +338,10 @@ async fn health_shows_a_maintenance_window() {
     let until = JalaliDate::from_civil(today.tomorrow().unwrap());
     let path = policy.path().join("services.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\"1405/09/01 02:00\""), "the shipped window moved");
+    assert!(
+        text.contains("\"1405/09/01 02:00\""),
+        "the shipped window moved"
+    );
     let text = text
         .replace("\"1405/09/01 02:00\"", &format!("\"{from} 00:00\""))
         .replace("\"1405/09/01 04:00\"", &format!("\"{until} 23:00\""));
@@ -347,7 +375,9 @@ async fn health_shows_a_maintenance_window() {
 type Gen = (&'static str, &'static str, &'static str, u64, i64);
 
 fn tehran_micros(y: i32, m: u8, d: u8, h: i8, min: i8, s: i8) -> i64 {
-    let civil = tabadol_policy::jalali::JalaliDate::new(y, m, d).unwrap().to_civil();
+    let civil = tabadol_policy::jalali::JalaliDate::new(y, m, d)
+        .unwrap()
+        .to_civil();
     civil
         .at(h, min, s, 0)
         .to_zoned(jiff::tz::TimeZone::get("Asia/Tehran").unwrap())
@@ -388,15 +418,51 @@ fn generated_calls() -> Vec<Gen> {
             tehran_micros(1405, 8, 15, 9, k as i8, 0),
         ));
     }
-    v.push(("moh", "nocr.identity", "invalid", 400, tehran_micros(1405, 8, 16, 9, 0, 0)));
+    v.push((
+        "moh",
+        "nocr.identity",
+        "invalid",
+        400,
+        tehran_micros(1405, 8, 16, 9, 0, 0),
+    ));
     // The first and last second of the month are in it...
-    v.push(("cbi", SHAHKAR, "ok", 5_000, tehran_micros(1405, 8, 1, 0, 0, 0)));
-    v.push(("cbi", SHAHKAR, "ok", 6_000, tehran_micros(1405, 8, 30, 23, 59, 59)));
+    v.push((
+        "cbi",
+        SHAHKAR,
+        "ok",
+        5_000,
+        tehran_micros(1405, 8, 1, 0, 0, 0),
+    ));
+    v.push((
+        "cbi",
+        SHAHKAR,
+        "ok",
+        6_000,
+        tehran_micros(1405, 8, 30, 23, 59, 59),
+    ));
     // ...the seconds around it are not (but are in quarter 3).
-    v.push(("cbi", SHAHKAR, "ok", 7_000, tehran_micros(1405, 7, 30, 23, 59, 59)));
-    v.push(("moh", "nocr.identity", "ok", 8_000, tehran_micros(1405, 9, 1, 0, 0, 0)));
+    v.push((
+        "cbi",
+        SHAHKAR,
+        "ok",
+        7_000,
+        tehran_micros(1405, 7, 30, 23, 59, 59),
+    ));
+    v.push((
+        "moh",
+        "nocr.identity",
+        "ok",
+        8_000,
+        tehran_micros(1405, 9, 1, 0, 0, 0),
+    ));
     // Another quarter entirely.
-    v.push(("cbi", SHAHKAR, "ok", 9_000, tehran_micros(1405, 10, 1, 12, 0, 0)));
+    v.push((
+        "cbi",
+        SHAHKAR,
+        "ok",
+        9_000,
+        tehran_micros(1405, 10, 1, 12, 0, 0),
+    ));
     v.sort_by_key(|g| g.4);
     v
 }
@@ -409,8 +475,7 @@ fn write_store(data_dir: &std::path::Path, calls: &[Gen]) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let db = tabadol_hub::inquiry::audit::open_store(&store, None).unwrap();
-            let audit =
-                tabadol_hub::inquiry::audit::Audit::open(&db, Default::default()).unwrap();
+            let audit = tabadol_hub::inquiry::audit::Audit::open(&db, Default::default()).unwrap();
             for (n, (agency, service, outcome, latency, time)) in calls.into_iter().enumerate() {
                 audit
                     .append(tabadol_hub::inquiry::audit::AuditRecord {
@@ -448,13 +513,23 @@ struct Expect {
     p: [f64; 3],
 }
 
-fn expected(calls: &[Gen], from: i64, until: i64, public: bool) -> BTreeMap<(String, String), Expect> {
-    let mut groups: BTreeMap<(String, String), (BTreeMap<String, u64>, Vec<u64>)> = BTreeMap::new();
+fn expected(
+    calls: &[Gen],
+    from: i64,
+    until: i64,
+    public: bool,
+) -> BTreeMap<(String, String), Expect> {
+    type Group = (BTreeMap<String, u64>, Vec<u64>);
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for (agency, service, outcome, latency, time) in calls {
         if *time < from || *time >= until {
             continue;
         }
-        let a = if public { String::new() } else { agency.to_string() };
+        let a = if public {
+            String::new()
+        } else {
+            agency.to_string()
+        };
         let g = groups.entry((a, service.to_string())).or_default();
         *g.0.entry(outcome.to_string()).or_default() += 1;
         g.1.push(*latency);
@@ -466,7 +541,9 @@ fn expected(calls: &[Gen], from: i64, until: i64, public: bool) -> BTreeMap<(Str
             // Nearest rank: the smallest value with at least p% of the values at or below it.
             let pick = |p: f64| {
                 let n = lat.len();
-                let idx = (0..n).find(|&i| (i + 1) as f64 >= p / 100.0 * n as f64).unwrap();
+                let idx = (0..n)
+                    .find(|&i| (i + 1) as f64 >= p / 100.0 * n as f64)
+                    .unwrap();
                 lat[idx] as f64 / 1000.0
             };
             (
@@ -548,15 +625,24 @@ fn report_usage_matches_the_calls_in_every_format() {
         let agency = policy.agency(&key.0).unwrap();
         assert_eq!(row["agency_fa"], agency.name_fa.as_str());
         assert_eq!(row["agency_en"], agency.name_en.as_str());
-        assert_eq!(row["service_fa"], policy.service(&key.1).unwrap().title_fa.as_str());
+        assert_eq!(
+            row["service_fa"],
+            policy.service(&key.1).unwrap().title_fa.as_str()
+        );
     }
 
     // CSV: a header, one line per group, the same numbers.
     let csv = run("csv");
     let mut lines = csv.lines();
     let head: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| head.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}: {head:?}"));
-    let body: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    let col = |name: &str| {
+        head.iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name}: {head:?}"))
+    };
+    let body: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
     assert_eq!(body.len(), want.len(), "{csv}");
     for cells in &body {
         let key = (cells[col("agency")].clone(), cells[col("service")].clone());
@@ -570,14 +656,24 @@ fn report_usage_matches_the_calls_in_every_format() {
                 "{key:?} {o}"
             );
         }
-        assert_eq!(cells[col("p95_ms")].parse::<f64>().unwrap(), w.p[1], "{key:?}");
-        assert_eq!(cells[col("agency_fa")], policy.agency(&key.0).unwrap().name_fa);
+        assert_eq!(
+            cells[col("p95_ms")].parse::<f64>().unwrap(),
+            w.p[1],
+            "{key:?}"
+        );
+        assert_eq!(
+            cells[col("agency_fa")],
+            policy.agency(&key.0).unwrap().name_fa
+        );
     }
 
     // Table: one aligned line per group with its calls and outcome counts.
     let table = run("table");
     assert!(table.contains("1405/08/01 – 1405/08/30"), "{table}");
-    let head = table.lines().find(|l| l.starts_with("AGENCY")).expect(&table);
+    let head = table
+        .lines()
+        .find(|l| l.starts_with("AGENCY"))
+        .expect(&table);
     let cols: Vec<&str> = head.split_whitespace().collect();
     for ((agency, service), w) in &want {
         let line = table
@@ -589,32 +685,58 @@ fn report_usage_matches_the_calls_in_every_format() {
         let at = |name: &str| cells[cols.iter().position(|c| *c == name).unwrap()];
         assert_eq!(at("CALLS").parse::<u64>().unwrap(), w.calls);
         assert_eq!(at("OK").parse::<u64>().unwrap(), w.outcomes["ok"]);
-        assert_eq!(at("P99_MS").parse::<f64>().unwrap(), (w.p[2] * 10.0).round() / 10.0);
+        assert_eq!(
+            at("P99_MS").parse::<f64>().unwrap(),
+            (w.p[2] * 10.0).round() / 10.0
+        );
     }
 
     // HTML: Persian, right to left, Persian digits that read back as the same numbers.
     let html = run("html");
     assert!(html.contains("<html lang=\"fa\" dir=\"rtl\">"), "{html}");
-    assert!(html.contains("۱۴۰۵/۰۸/۰۱"), "Jalali dates in Persian digits");
+    assert!(
+        html.contains("۱۴۰۵/۰۸/۰۱"),
+        "Jalali dates in Persian digits"
+    );
     for ((agency, service), w) in &want {
         let marker = format!("data-agency=\"{agency}\" data-service=\"{service}\">");
-        let start = html.find(&marker).unwrap_or_else(|| panic!("no row {marker}"));
+        let start = html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no row {marker}"));
         let row = &html[start..start + html[start..].find("</tr>").unwrap()];
-        assert!(row.contains(policy.agency(agency).unwrap().name_fa.as_str()), "{row}");
-        assert!(row.contains(policy.agency(agency).unwrap().name_en.as_str()), "{row}");
+        assert!(
+            row.contains(policy.agency(agency).unwrap().name_fa.as_str()),
+            "{row}"
+        );
+        assert!(
+            row.contains(policy.agency(agency).unwrap().name_en.as_str()),
+            "{row}"
+        );
         let calls_cell = row.split("class=\"n calls\">").nth(1).unwrap();
         let calls_text = latin_digits(&calls_cell[..calls_cell.find('<').unwrap()]);
         assert_eq!(calls_text.parse::<u64>().unwrap(), w.calls, "{row}");
         let ok_cell = row.split("data-outcome=\"ok\">").nth(1).unwrap();
         assert_eq!(
-            latin_digits(&ok_cell[..ok_cell.find('<').unwrap()]).parse::<u64>().unwrap(),
+            latin_digits(&ok_cell[..ok_cell.find('<').unwrap()])
+                .parse::<u64>()
+                .unwrap(),
             w.outcomes["ok"]
         );
     }
 
     // Public figures of quarter 1405-3: per service, no agency anywhere.
     let (ok, out, err) = tabadol(&[
-        "report", "usage", "--public", "--quarter", "1405-3", "--dir", d, "--policy", p, "--format", "json",
+        "report",
+        "usage",
+        "--public",
+        "--quarter",
+        "1405-3",
+        "--dir",
+        d,
+        "--policy",
+        p,
+        "--format",
+        "json",
     ]);
     assert!(ok, "{err}");
     let q: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -626,7 +748,10 @@ fn report_usage_matches_the_calls_in_every_format() {
     let qrows = q["rows"].as_array().unwrap();
     assert_eq!(qrows.len(), qwant.len());
     for row in qrows {
-        assert!(row.get("agency").is_none(), "public figures name an agency: {row}");
+        assert!(
+            row.get("agency").is_none(),
+            "public figures name an agency: {row}"
+        );
         let w = &qwant[&(String::new(), row["service"].as_str().unwrap().to_owned())];
         assert_eq!(row["calls"].as_u64().unwrap(), w.calls);
         let failed = w.outcomes.get("unavailable").copied().unwrap_or(0);
@@ -637,17 +762,36 @@ fn report_usage_matches_the_calls_in_every_format() {
         let name = &policy.agency(agency).unwrap().name_en;
         for format in ["json", "csv", "table", "html"] {
             let (_, out, _) = tabadol(&[
-                "report", "usage", "--public", "--quarter", "1405-3", "--dir", d, "--policy", p,
-                "--format", format,
+                "report",
+                "usage",
+                "--public",
+                "--quarter",
+                "1405-3",
+                "--dir",
+                d,
+                "--policy",
+                p,
+                "--format",
+                format,
             ]);
-            assert!(!out.contains(name.as_str()) && !out.contains(&format!("\"{agency}\"")), "{format}: {out}");
+            assert!(
+                !out.contains(name.as_str()) && !out.contains(&format!("\"{agency}\"")),
+                "{format}: {out}"
+            );
         }
     }
 
     // Bad input is refused naming the flag.
-    let (ok, _, err) = tabadol(&["report", "usage", "--month", "1405/13", "--dir", d, "--policy", p]);
-    assert!(!ok && err.contains("--month") && err.contains("01–12"), "{err}");
-    let (ok, _, err) = tabadol(&["report", "usage", "--month", "1405/08", "--dir", d, "--policy", p, "--format", "pdf"]);
+    let (ok, _, err) = tabadol(&[
+        "report", "usage", "--month", "1405/13", "--dir", d, "--policy", p,
+    ]);
+    assert!(
+        !ok && err.contains("--month") && err.contains("01–12"),
+        "{err}"
+    );
+    let (ok, _, err) = tabadol(&[
+        "report", "usage", "--month", "1405/08", "--dir", d, "--policy", p, "--format", "pdf",
+    ]);
     assert!(!ok && err.contains("--format"), "{err}");
 }
 
@@ -731,13 +875,19 @@ async fn dashboard_in_headless_chromium() {
     assert!(dom.contains("id=\"subscriptions\""));
     // Today's usage: cbi made 2 Shahkar calls, moh 1 identity call.
     for (agency, service, n) in [("cbi", SHAHKAR, "۲"), ("moh", "nocr.identity", "۱")] {
-        let marker = format!("<tr class=\"usage\" data-agency=\"{agency}\" data-service=\"{service}\">");
-        let start = dom.find(&marker).unwrap_or_else(|| panic!("no usage row {marker}:\n{dom}"));
+        let marker =
+            format!("<tr class=\"usage\" data-agency=\"{agency}\" data-service=\"{service}\">");
+        let start = dom
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no usage row {marker}:\n{dom}"));
         let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
         assert!(row.contains(&format!("class=\"n today\">{n}<")), "{row}");
         assert!(row.contains(&format!("class=\"n month\">{n}<")), "{row}");
     }
-    assert!(!dom.contains(&nc) && !dom.contains("TRK-DASH"), "no subject data, no tracking codes");
+    assert!(
+        !dom.contains(&nc) && !dom.contains("TRK-DASH"),
+        "no subject data, no tracking codes"
+    );
     // Availability: services serving, the shipped maintenance window listed when ahead.
     assert!(dom.contains("id=\"availability\""));
     assert!(dom.contains("در حال خدمت"), "{dom}");
@@ -765,10 +915,15 @@ async fn dashboard_in_headless_chromium() {
             "--window-size=1600,2400".to_owned(),
             url.clone(),
         ];
-        tokio::task::spawn_blocking(move || chromium(&args)).await.unwrap();
+        tokio::task::spawn_blocking(move || chromium(&args))
+            .await
+            .unwrap();
     }
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real picture"
+    );
     hub.stop().await;
 }
 
@@ -803,12 +958,13 @@ impl TraceService for Receiver {
 
 fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(s) => Some(s.clone()),
             other => Some(format!("{other:?}")),
-        }
-    })
+        })
 }
 
 /// An inquiry's spans reach a real OTLP/gRPC receiver: the inquiry span carries agency,
@@ -875,7 +1031,8 @@ async fn otlp_receives_the_spans_of_an_inquiry_with_the_callers_parent() {
     let spans = loop {
         let spans = receiver.0.lock().unwrap().clone();
         let inquiry = spans.iter().any(|s| {
-            s.name == "tabadol.inquiry" && attr(s, "tabadol.tracking_code").as_deref() == Some("TRK-OTEL-1")
+            s.name == "tabadol.inquiry"
+                && attr(s, "tabadol.tracking_code").as_deref() == Some("TRK-OTEL-1")
         });
         if inquiry && spans.len() >= 3 {
             break spans;
@@ -884,12 +1041,17 @@ async fn otlp_receives_the_spans_of_an_inquiry_with_the_callers_parent() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         tokio::task::block_in_place(|| handle.flush_telemetry());
     };
-    let inquiry = spans
-        .iter()
-        .find(|s| s.name == "tabadol.inquiry")
-        .unwrap();
-    assert_eq!(hex::encode(&inquiry.trace_id), trace_id, "the caller's trace");
-    assert_eq!(hex::encode(&inquiry.parent_span_id), parent_id, "the caller's span is the parent");
+    let inquiry = spans.iter().find(|s| s.name == "tabadol.inquiry").unwrap();
+    assert_eq!(
+        hex::encode(&inquiry.trace_id),
+        trace_id,
+        "the caller's trace"
+    );
+    assert_eq!(
+        hex::encode(&inquiry.parent_span_id),
+        parent_id,
+        "the caller's span is the parent"
+    );
     assert_eq!(attr(inquiry, "tabadol.agency").as_deref(), Some("cbi"));
     assert_eq!(attr(inquiry, "tabadol.service").as_deref(), Some(SHAHKAR));
     assert_eq!(attr(inquiry, "tabadol.purpose").as_deref(), Some("kyc"));
@@ -900,15 +1062,25 @@ async fn otlp_receives_the_spans_of_an_inquiry_with_the_callers_parent() {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no {name} span: {spans:?}"));
         assert_eq!(child.trace_id, inquiry.trace_id);
-        assert_eq!(child.parent_span_id, inquiry.span_id, "{name} is a child of the inquiry");
+        assert_eq!(
+            child.parent_span_id, inquiry.span_id,
+            "{name} is a child of the inquiry"
+        );
     }
     for s in &spans {
         for kv in &s.attributes {
             let v = format!("{:?}", kv.value);
-            assert!(!v.contains(&nc) && !v.contains(&mobile), "subject data in span {}: {kv:?}", s.name);
+            assert!(
+                !v.contains(&nc) && !v.contains(&mobile),
+                "subject data in span {}: {kv:?}",
+                s.name
+            );
         }
     }
-    let call = spans.iter().find(|s| s.name == "tabadol.provider_call").unwrap();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "tabadol.provider_call")
+        .unwrap();
     let sent = seen.lock().unwrap().clone();
     assert_eq!(
         sent,
@@ -948,9 +1120,11 @@ async fn events_tail_follows_the_event_log_without_subject_data() {
     let admin_url = format!("http://{admin}");
     let (ok, out, err) = {
         let admin_url = admin_url.clone();
-        tokio::task::spawn_blocking(move || tabadol(&["events", "tail", "--admin", &admin_url, "--once"]))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            tabadol(&["events", "tail", "--admin", &admin_url, "--once"])
+        })
+        .await
+        .unwrap()
     };
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().filter(|l| l.contains("death.v1")).collect();
@@ -958,12 +1132,18 @@ async fn events_tail_follows_the_event_log_without_subject_data() {
     for (i, l) in lines.iter().enumerate() {
         let cells: Vec<&str> = l.split_whitespace().collect();
         assert_eq!(cells[0], (i + 1).to_string(), "{l}");
-        assert!(l.contains("nocr") && l.contains("stream") && l.contains("cbi"), "{l}");
+        assert!(
+            l.contains("nocr") && l.contains("stream") && l.contains("cbi"),
+            "{l}"
+        );
     }
     // The page behind it holds no national code either.
     let (_, json) = get(&format!("{admin_url}/events?after=0")).await;
     for c in &codes {
-        assert!(!out.contains(c.as_str()) && !json.contains(c.as_str()), "national code shown");
+        assert!(
+            !out.contains(c.as_str()) && !json.contains(c.as_str()),
+            "national code shown"
+        );
     }
 
     // Follow: a new event appears while tail runs.
@@ -973,7 +1153,10 @@ async fn events_tail_follows_the_event_log_without_subject_data() {
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -991,10 +1174,16 @@ async fn events_tail_follows_the_event_log_without_subject_data() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "tail never showed event 3: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "tail never showed event 3: {seen:?}"
+        );
     }
     for c in &codes {
-        assert!(seen.iter().all(|l| !l.contains(c.as_str())), "national code shown: {seen:?}");
+        assert!(
+            seen.iter().all(|l| !l.contains(c.as_str())),
+            "national code shown: {seen:?}"
+        );
     }
     drop(child);
     hub.stop().await;

@@ -65,7 +65,10 @@ impl AdminSection {
         if let Some(tls) = &self.tls {
             for (name, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.exists() {
-                    errors.push(format!("admin.tls.{name}: file {} does not exist", p.display()));
+                    errors.push(format!(
+                        "admin.tls.{name}: file {} does not exist",
+                        p.display()
+                    ));
                 }
             }
         } else if !self.listen.ip().is_loopback() {
@@ -155,7 +158,9 @@ async fn dashboard(State(s): State<AdminState>, Query(q): Query<DashboardQuery>)
     let page = tokio::task::spawn_blocking(move || crate::ops::dashboard::render(&s, lang)).await;
     match page {
         Ok(Ok(html)) => html_response(html),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("dashboard: {e}")).into_response(),
+        Ok(Err(e)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("dashboard: {e}")).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("dashboard: {e}")).into_response(),
     }
 }
@@ -194,14 +199,26 @@ async fn report_usage(State(s): State<AdminState>, Query(q): Query<UsageQuery>) 
     let Some(month) = q.month else {
         return bad("give ?month=YYYY/MM (Jalali), e.g. ?month=1405/08");
     };
-    report(s, crate::ops::report::Period::parse_month(&month), false, q.format).await
+    report(
+        s,
+        crate::ops::report::Period::parse_month(&month),
+        false,
+        q.format,
+    )
+    .await
 }
 
 async fn report_public(State(s): State<AdminState>, Query(q): Query<UsageQuery>) -> Response {
     let Some(quarter) = q.quarter else {
         return bad("give ?quarter=YYYY-Q (Jalali), e.g. ?quarter=1405-3");
     };
-    report(s, crate::ops::report::Period::parse_quarter(&quarter), true, q.format).await
+    report(
+        s,
+        crate::ops::report::Period::parse_quarter(&quarter),
+        true,
+        q.format,
+    )
+    .await
 }
 
 async fn report(
@@ -306,8 +323,9 @@ pub fn serve(
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = hyper_util::service::TowerToHyperService::new(app);
-                let builder =
-                    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
                 let result = match acceptor {
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(

@@ -252,7 +252,10 @@ pub async fn start(
     let telemetry = match &cfg.telemetry.otlp_endpoint {
         Some(endpoint) => Some(crate::ops::telemetry::Telemetry::start(
             endpoint,
-            cfg.telemetry.service_name.as_deref().unwrap_or("tabadol-hub"),
+            cfg.telemetry
+                .service_name
+                .as_deref()
+                .unwrap_or("tabadol-hub"),
         )?),
         None => None,
     };
@@ -272,8 +275,12 @@ pub async fn start(
         health: health.clone(),
     }
     .spawn();
-    hub.metrics
-        .set_refresh(scrape_gauges(hub.clone(), tls.clone(), outbox.clone(), cfg.kafka.is_some()));
+    hub.metrics.set_refresh(scrape_gauges(
+        hub.clone(),
+        tls.clone(),
+        outbox.clone(),
+        cfg.kafka.is_some(),
+    ));
     let admin = match &cfg.admin {
         Some(section) => {
             let listener = crate::ops::admin::bind(section).await?;
@@ -336,7 +343,7 @@ fn scrape_gauges(
     tls: Arc<TlsEdge>,
     outbox: Arc<Outbox>,
     kafka: bool,
-) -> Arc<dyn Fn(&crate::ops::metrics::Metrics) + Send + Sync> {
+) -> crate::ops::metrics::Refresh {
     use crate::ops::metrics::{AgencyLabel, ProviderLabel};
     Arc::new(move |m| {
         let state = hub.policy();

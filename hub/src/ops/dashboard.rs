@@ -123,7 +123,11 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
     }
     for (p, v) in &health.providers {
         if !v.serving {
-            incidents.push(format!("{} {p}: {}", lang.t("ارائه‌دهنده", "Provider"), v.reason));
+            incidents.push(format!(
+                "{} {p}: {}",
+                lang.t("ارائه‌دهنده", "Provider"),
+                v.reason
+            ));
         }
     }
     if s.kafka {
@@ -153,7 +157,11 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
             lang.num(dead)
         ));
     }
-    let _ = write!(h, "<h3>{}</h3><ul id=\"incidents\">", lang.t("رخدادهای جاری", "Current incidents"));
+    let _ = write!(
+        h,
+        "<h3>{}</h3><ul id=\"incidents\">",
+        lang.t("رخدادهای جاری", "Current incidents")
+    );
     if incidents.is_empty() {
         let _ = write!(h, "<li class=\"ok\">{}</li>", lang.t("هیچ", "None"));
     }
@@ -174,7 +182,10 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
         let verdict = health.services.get(&svc.id);
         let (class, status) = match verdict {
             Some(v) if v.serving => ("ok", lang.t("در حال خدمت", "Serving").to_owned()),
-            Some(v) => ("bad", format!("{} — {}", lang.t("خارج از خدمت", "Not serving"), v.reason)),
+            Some(v) => (
+                "bad",
+                format!("{} — {}", lang.t("خارج از خدمت", "Not serving"), v.reason),
+            ),
             None => ("", lang.t("هنوز بررسی نشده", "Not checked yet").to_owned()),
         };
         let windows: Vec<String> = svc
@@ -186,7 +197,10 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
                     "{} – {}{}",
                     lang.num(w.from),
                     lang.num(w.until),
-                    w.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+                    w.note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
                 )
             })
             .collect();
@@ -217,7 +231,12 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
         lang.t("دستگاه \\ خدمت", "Agency \\ service")
     );
     for svc in &services {
-        let _ = write!(h, "<th title=\"{}\">{}</th>", esc(&svc.id), esc(lang.t(&svc.title_fa, &svc.title_en)));
+        let _ = write!(
+            h,
+            "<th title=\"{}\">{}</th>",
+            esc(&svc.id),
+            esc(lang.t(&svc.title_fa, &svc.title_en))
+        );
     }
     h.push_str("</tr>");
     for a in policy.agencies() {
@@ -330,10 +349,17 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
         lang.t("ناموفق (ماه)", "Failed (month)")
     );
     if month_usage.is_empty() {
-        let _ = write!(h, "<tr><td colspan=\"7\">{}</td></tr>", lang.t("فراخوانی‌ای در این ماه نبوده است", "No calls this month"));
+        let _ = write!(
+            h,
+            "<tr><td colspan=\"7\">{}</td></tr>",
+            lang.t("فراخوانی‌ای در این ماه نبوده است", "No calls this month")
+        );
     }
     for ((agency, service), m) in &month_usage {
-        let t = today_usage.get(&(agency.clone(), service.clone())).copied().unwrap_or_default();
+        let t = today_usage
+            .get(&(agency.clone(), service.clone()))
+            .copied()
+            .unwrap_or_default();
         let agency_name = policy
             .agency(agency)
             .map(|a| lang.t(&a.name_fa, &a.name_en).to_owned())
@@ -357,9 +383,9 @@ pub fn render(s: &AdminState, lang: Lang) -> anyhow::Result<String> {
         );
     }
     h.push_str("</table>");
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p class=\"small\">{} <a href=\"/report/usage?month={}\">{}</a> · <a href=\"/metrics\">/metrics</a> · <a href=\"/health\">/health</a></p></body></html>\n",
+        "<p class=\"small\">{} <a href=\"/report/usage?month={}\">{}</a> · <a href=\"/metrics\">/metrics</a> · <a href=\"/health\">/health</a></p></body></html>",
         lang.t("گزارش کامل ماه:", "Full month report:"),
         format_args!("{:04}/{:02}", today.year, today.month),
         lang.t("گزارش مصرف", "usage report")

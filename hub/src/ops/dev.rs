@@ -59,11 +59,7 @@ pub struct DevEnv {
 /// `tabadol dev`'s operations flags: the admin listener at `admin_listen` (default
 /// 127.0.0.1:9464, or a free loopback port when another process holds that one) and OTLP
 /// export when `otlp` names a collector.
-pub fn operations(
-    config: &mut Config,
-    admin_listen: Option<SocketAddr>,
-    otlp: Option<String>,
-) {
+pub fn operations(config: &mut Config, admin_listen: Option<SocketAddr>, otlp: Option<String>) {
     let listen = admin_listen.unwrap_or_else(|| {
         let preferred = SocketAddr::from(([127, 0, 0, 1], crate::ops::admin::DEFAULT_PORT));
         if std::net::TcpListener::bind(preferred).is_ok() {
@@ -150,11 +146,13 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
         limits: Default::default(),
         // The admin listener (metrics, dashboard) on loopback: a test hub (port 0) gets a
         // free port too; `tabadol dev` moves it with --admin-listen.
-        admin: Some(crate::ops::admin::AdminSection::loopback(if opts.listen.port() == 0 {
-            0
-        } else {
-            crate::ops::admin::DEFAULT_PORT
-        })),
+        admin: Some(crate::ops::admin::AdminSection::loopback(
+            if opts.listen.port() == 0 {
+                0
+            } else {
+                crate::ops::admin::DEFAULT_PORT
+            },
+        )),
         telemetry: Default::default(),
     };
     let policy = config.validate()?;

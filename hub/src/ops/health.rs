@@ -136,9 +136,10 @@ impl Checker {
                 ))
             } else {
                 match self.provider_addrs.get(id) {
-                    Some(addr) => probe(addr)
-                        .await
-                        .map_or_else(|e| Verdict::not(format!("provider {id}: {e}")), |_| Verdict::ok()),
+                    Some(addr) => probe(addr).await.map_or_else(
+                        |e| Verdict::not(format!("provider {id}: {e}")),
+                        |_| Verdict::ok(),
+                    ),
                     None => Verdict::ok(),
                 }
             };
@@ -160,7 +161,10 @@ impl Checker {
                     "planned maintenance {} – {}{}",
                     w.from,
                     w.until,
-                    w.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+                    w.note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
                 ))
             } else {
                 providers.get(&s.provider).cloned().unwrap_or_else(|| {
@@ -213,8 +217,11 @@ impl Checker {
         let db = self.db.clone();
         let probe = async move {
             let tree = db.open_tree("ops.health").map_err(|e| e.to_string())?;
-            tree.insert(b"probe", &jiff::Timestamp::now().as_second().to_be_bytes()[..])
-                .map_err(|e| e.to_string())?;
+            tree.insert(
+                b"probe",
+                &jiff::Timestamp::now().as_second().to_be_bytes()[..],
+            )
+            .map_err(|e| e.to_string())?;
             db.flush_async().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(())
         };
@@ -242,10 +249,11 @@ impl Checker {
 }
 
 async fn probe(addr: &str) -> Result<(), String> {
-    match tokio::time::timeout(PROVIDER_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-    {
+    match tokio::time::timeout(PROVIDER_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-        Err(_) => Err(format!("no connection to {addr} within {PROVIDER_PROBE_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "no connection to {addr} within {PROVIDER_PROBE_TIMEOUT:?}"
+        )),
     }
 }

@@ -80,6 +80,9 @@ pub fn service_label(policy: &tabadol_policy::Policy, service: &str) -> String {
     }
 }
 
+/// Fills the gauges read at scrape time.
+pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Every metric of one hub.
 pub struct Metrics {
     registry: Registry,
@@ -103,7 +106,7 @@ pub struct Metrics {
     pub policy_reload_failures: Counter,
     pub health_serving: Family<HealthLabel, Gauge>,
     /// How the scrape-time gauges are filled (set by the assembly in `app.rs`).
-    refresh: Mutex<Option<Arc<dyn Fn(&Metrics) + Send + Sync>>>,
+    refresh: Mutex<Option<Refresh>>,
     /// Streams per agency, counted at the edge.
     stream_counts: Mutex<Option<Arc<crate::edge::limits::StreamCounts>>>,
 }
@@ -123,16 +126,18 @@ impl Metrics {
             "Inquiries answered, by calling agency, catalog service and outcome (ok, denied, invalid, rate_limited, maintenance, unavailable, deadline_exceeded, not_found, rejected, cancelled, ...)",
             inquiries.clone(),
         );
-        let inquiry_duration =
-            Family::<AgencyService, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let inquiry_duration = Family::<AgencyService, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         r.register_with_unit(
             "inquiry_duration",
             "Time from the request reaching the pipeline to its answer (audit record written)",
             Unit::Seconds,
             inquiry_duration.clone(),
         );
-        let provider_duration =
-            Family::<ProviderLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let provider_duration = Family::<ProviderLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         r.register_with_unit(
             "provider_call_duration",
             "Time of the provider call alone",
@@ -345,7 +350,7 @@ impl Metrics {
     }
 
     /// Sets how the scrape-time gauges (queues, connections, breakers) are read.
-    pub fn set_refresh(&self, f: Arc<dyn Fn(&Metrics) + Send + Sync>) {
+    pub fn set_refresh(&self, f: Refresh) {
         *self.refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
@@ -389,7 +394,12 @@ mod tests {
     fn names_follow_prometheus_conventions_and_hold_no_identifiers() {
         let m = Metrics::new();
         m.inquiry("cbi", "shahkar.match", "ok", Duration::from_millis(3));
-        m.inquiry("cbi", "shahkar.match", "rate_limited", Duration::from_millis(1));
+        m.inquiry(
+            "cbi",
+            "shahkar.match",
+            "rate_limited",
+            Duration::from_millis(1),
+        );
         let text = m.encode();
         assert!(
             text.contains(
@@ -397,7 +407,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("tabadol_inquiry_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("tabadol_inquiry_duration_seconds_bucket"),
+            "{text}"
+        );
         assert!(text.contains("tabadol_rate_limit_refusals_total"), "{text}");
         assert!(text.contains("# EOF"), "{text}");
     }

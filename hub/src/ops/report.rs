@@ -203,13 +203,19 @@ pub fn percentile_ms(sorted_micros: &[u64], p: f64) -> f64 {
     sorted_micros[rank.min(n) - 1] as f64 / 1000.0
 }
 
+/// Calls of one group by outcome, and their latencies (µs).
+type Group = (BTreeMap<String, u64>, Vec<u64>);
+
 impl Report {
     /// Aggregates `records` (already limited to the period). `public`: per service only.
     pub fn build(policy: &Policy, period: Period, records: &[AuditRecord], public: bool) -> Report {
-        let mut groups: BTreeMap<(String, String), (BTreeMap<String, u64>, Vec<u64>)> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
         for r in records {
-            let agency = if public { String::new() } else { r.agency.clone() };
+            let agency = if public {
+                String::new()
+            } else {
+                r.agency.clone()
+            };
             let g = groups.entry((agency, r.service.clone())).or_default();
             *g.0.entry(r.outcome.clone()).or_default() += 1;
             g.1.push(r.latency_micros);
@@ -343,7 +349,13 @@ impl Report {
         }
         let cols = lines[0].len();
         let widths: Vec<usize> = (0..cols)
-            .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+            .map(|i| {
+                lines
+                    .iter()
+                    .map(|l| l[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = format!("{}\n{} calls in total\n\n", self.title_en(), self.calls);
         for l in &lines {
@@ -386,11 +398,8 @@ impl Report {
         }
         out.push('\n');
         for r in &self.rows {
-            let mut cells: Vec<String> = vec![
-                self.period.clone(),
-                self.from.clone(),
-                self.until.clone(),
-            ];
+            let mut cells: Vec<String> =
+                vec![self.period.clone(), self.from.clone(), self.until.clone()];
             if !self.public {
                 cells.push(r.agency.clone().unwrap_or_default());
                 cells.push(r.agency_fa.clone().unwrap_or_default());
@@ -463,9 +472,16 @@ impl Report {
         }
         h.push_str("<th>خدمت <span class=\"en\">Service</span></th><th>فراخوانی <span class=\"en\">Calls</span></th>");
         for o in &outcomes {
-            let _ = write!(h, "<th>{} <span class=\"en\">{}</span></th>", outcome_fa(o), esc(o));
+            let _ = write!(
+                h,
+                "<th>{} <span class=\"en\">{}</span></th>",
+                outcome_fa(o),
+                esc(o)
+            );
         }
-        h.push_str("<th>میانه (ms) <span class=\"en\">p50</span></th><th>p95 (ms)</th><th>p99 (ms)</th>");
+        h.push_str(
+            "<th>میانه (ms) <span class=\"en\">p50</span></th><th>p95 (ms)</th><th>p99 (ms)</th>",
+        );
         if self.public {
             h.push_str("<th>دسترس‌پذیری ٪ <span class=\"en\">Availability %</span></th>");
         }
@@ -477,7 +493,12 @@ impl Report {
             }
             let _ = write!(h, " data-service=\"{}\">", esc(&r.service));
             if let (Some(fa), Some(en)) = (&r.agency_fa, &r.agency_en) {
-                let _ = write!(h, "<td>{} <span class=\"en\">{}</span></td>", esc(fa), esc(en));
+                let _ = write!(
+                    h,
+                    "<td>{} <span class=\"en\">{}</span></td>",
+                    esc(fa),
+                    esc(en)
+                );
             }
             let _ = write!(
                 h,
@@ -642,7 +663,9 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         (Some(p), _) => Some(p.clone()),
         (None, Some(config)) => Some(
             crate::ops::config::Config::load(config)
-                .map_err(|e| anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display()))?
+                .map_err(|e| {
+                    anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display())
+                })?
                 .0
                 .policy_dir,
         ),

@@ -53,7 +53,9 @@ pub fn page(outbox: &Outbox, kafka: bool, after: u64, limit: usize) -> anyhow::R
         .map(|e| {
             let at = jiff::Timestamp::from_microsecond(e.accepted_at_micros)
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-            let zoned = at.to_zoned(jiff::tz::TimeZone::get("Asia/Tehran").unwrap_or(jiff::tz::TimeZone::UTC));
+            let zoned = at.to_zoned(
+                jiff::tz::TimeZone::get("Asia/Tehran").unwrap_or(jiff::tz::TimeZone::UTC),
+            );
             let day = tabadol_policy::jalali::JalaliDate::from_civil(zoned.date());
             let delivery = if !kafka {
                 "stream"
@@ -117,18 +119,24 @@ fn line(e: &EventView) -> String {
 async fn fetch(base: &str, after: u64) -> anyhow::Result<EventsPage> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let url: http::Uri = format!("{}/events?after={after}&limit={MAX_PAGE}", base.trim_end_matches('/'))
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--admin {base}: {e}"))?;
+    let url: http::Uri = format!(
+        "{}/events?after={after}&limit={MAX_PAGE}",
+        base.trim_end_matches('/')
+    )
+    .parse()
+    .map_err(|e| anyhow::anyhow!("--admin {base}: {e}"))?;
     if url.scheme_str() != Some("http") {
         anyhow::bail!("--admin {base}: give the admin listener as http://HOST:PORT (an admin listener with mutual TLS is read with curl --cert)");
     }
-    let client: Client<_, axum::body::Body> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, axum::body::Body> = Client::builder(TokioExecutor::new()).build_http();
     let resp = tokio::time::timeout(Duration::from_secs(10), client.get(url))
         .await
         .map_err(|_| anyhow::anyhow!("admin listener {base}: no answer within 10 s"))?
-        .map_err(|e| anyhow::anyhow!("admin listener {base}: {e}; is the hub running with an admin listener there?"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "admin listener {base}: {e}; is the hub running with an admin listener there?"
+            )
+        })?;
     let status = resp.status();
     let body = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 16 << 20).await?;
     if !status.is_success() {

@@ -44,7 +44,10 @@ impl Telemetry {
             .build();
         global::set_tracer_provider(provider.clone());
         global::set_text_map_propagator(TraceContextPropagator::new());
-        tracing::info!(message = "OpenTelemetry traces exported over OTLP", endpoint);
+        tracing::info!(
+            message = "OpenTelemetry traces exported over OTLP",
+            endpoint
+        );
         Ok(Telemetry { provider })
     }
 

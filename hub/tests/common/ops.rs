@@ -42,7 +42,10 @@ pub fn spawn(mut cmd: Command) -> ChildGuard {
         .unwrap_or(false);
     let child = if with_pdeathsig {
         let mut wrapped = Command::new("setpriv");
-        wrapped.arg("--pdeathsig").arg("KILL").arg(cmd.get_program());
+        wrapped
+            .arg("--pdeathsig")
+            .arg("KILL")
+            .arg(cmd.get_program());
         wrapped.args(cmd.get_args());
         for (k, v) in cmd.get_envs() {
             match v {
