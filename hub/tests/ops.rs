@@ -1188,3 +1188,61 @@ async fn events_tail_follows_the_event_log_without_subject_data() {
     drop(child);
     hub.stop().await;
 }
+
+/// With `admin.tls`, the admin listener speaks mutual TLS: a client certificate chained
+/// to `admin.tls.ca` reads /metrics; without one, or over plain HTTP, nothing is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_over_mutual_tls() {
+    let hub = TestHub::start_configured(None, common::policy_dir(), |pki, cfg| {
+        cfg.admin = Some(tabadol_hub::ops::admin::AdminSection {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(tabadol_hub::ops::admin::AdminTls {
+                ca: pki.ca_cert(),
+                cert: pki.hub_cert(),
+                key: pki.hub_key(),
+            }),
+        });
+    })
+    .await;
+    let admin = hub.handle.admin_addr.unwrap();
+    let url = format!("https://localhost:{}/metrics", admin.port());
+    let ca = reqwest::Certificate::from_pem(hub.ca_pem().as_bytes()).unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(ca.clone())
+            .resolve("localhost", admin)
+            .timeout(Duration::from_secs(5));
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        b.build().unwrap()
+    };
+    let id = hub.identity("cbi");
+    let identity =
+        reqwest::Identity::from_pem(format!("{}\n{}", id.cert, id.key).as_bytes()).unwrap();
+    let resp = client(Some(identity))
+        .get(&url)
+        .send()
+        .await
+        .expect("mTLS scrape");
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("# TYPE tabadol_inquiries counter"));
+    assert!(
+        client(None).get(&url).send().await.is_err(),
+        "no client certificate, no metrics"
+    );
+    assert!(
+        reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+            == false,
+        "plain HTTP is not served"
+    );
+    hub.stop().await;
+}

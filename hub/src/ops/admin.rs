@@ -357,3 +357,31 @@ pub fn serve(
     tracing::info!(message = "admin listener (metrics, dashboard, reports)", %addr, tls = tls.is_some());
     Ok(AdminHandle { addr, task })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_loopback_needs_mutual_tls() {
+        let mut errors = Vec::new();
+        let open: AdminSection = serde_yaml::from_str("listen: 0.0.0.0:9464").unwrap();
+        open.validate(&mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("admin.listen") && errors[0].contains("admin.tls"));
+        let mut errors = Vec::new();
+        let defaulted: AdminSection = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(defaulted.listen, default_listen());
+        defaulted.validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut errors = Vec::new();
+        let tls: AdminSection = serde_yaml::from_str(
+            "listen: 0.0.0.0:9464\ntls: { ca: /nonexistent/ca, cert: /nonexistent/c, key: /nonexistent/k }",
+        )
+        .unwrap();
+        tls.validate(&mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("admin.tls.ca"), "{errors:?}");
+        assert!(serde_yaml::from_str::<AdminSection>("lisen: 127.0.0.1:1").is_err());
+    }
+}

@@ -308,8 +308,8 @@ impl Metrics {
         }
     }
 
-    /// Creates the series every grant has from the start (refusals at 0), so dashboards
-    /// and alerts see them before the first refusal.
+    /// Creates the series every grant has from the start (its `ok` inquiries and its
+    /// refusals at 0), so rates and alerts see them before the first call.
     pub fn prime(&self, policy: &tabadol_policy::Policy) {
         for s in policy.services() {
             for kind in ["unavailable", "deadline_exceeded"] {
@@ -324,6 +324,11 @@ impl Metrics {
                 let _ = self.rate_limited.get_or_create(&AgencyService {
                     agency: a.id.clone(),
                     service: service.id.clone(),
+                });
+                let _ = self.inquiries.get_or_create(&InquiryLabels {
+                    agency: a.id.clone(),
+                    service: service.id.clone(),
+                    outcome: "ok".to_owned(),
                 });
             }
         }
