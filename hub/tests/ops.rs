@@ -8,6 +8,8 @@ mod common;
 mod ops_helpers;
 
 use std::collections::BTreeMap;
+
+use axum::response::IntoResponse as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -1245,4 +1247,99 @@ async fn admin_listener_over_mutual_tls() {
         "plain HTTP is not served"
     );
     hub.stop().await;
+}
+
+/// A provider that is reachable but failing opens its breaker: health shows that service
+/// NOT_SERVING saying so, /metrics shows the breaker open and the provider errors; once the
+/// provider answers again, health returns to SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_shows_an_open_breaker() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = std::sync::Arc::new(AtomicBool::new(true));
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_addr = provider.local_addr().unwrap();
+    let f = failing.clone();
+    let app = axum::Router::new().fallback(move || {
+        let f = f.clone();
+        async move {
+            if f.load(Ordering::SeqCst) {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+            } else {
+                axum::Json(serde_json::json!({"response": 0, "matched": true})).into_response()
+            }
+        }
+    });
+    let provider_task = tokio::spawn(async move { axum::serve(provider, app).await });
+    let hub = TestHub::start_configured(None, common::policy_dir(), |_, cfg| {
+        for p in &mut cfg.providers {
+            if p.provider == "cra" {
+                p.base_url = format!("http://{provider_addr}");
+            }
+        }
+    })
+    .await;
+    let (nc, mobile) = hub.alive(0);
+    let admin = hub.handle.admin_addr.unwrap();
+    let mut health = health_client(&hub).await;
+    wait_health(&mut health, &[(SHAHKAR, SERVING)]).await;
+
+    // Keep calling while the provider fails: the breaker opens and stays open.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (stop, ch) = (stop.clone(), hub.channel("cbi").await);
+        let (nc, mobile) = (nc.clone(), mobile.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 400 {
+                let _ = ShahkarClient::new(ch.clone())
+                    .match_mobile(MatchMobileRequest {
+                        context: ctx(&format!("TRK-BRK-{i}"), "kyc"),
+                        national_code: nc.clone(),
+                        mobile: mobile.clone(),
+                    })
+                    .await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    wait_health(
+        &mut health,
+        &[
+            (SHAHKAR, NOT_SERVING),
+            ("tabadol.v1.Shahkar", NOT_SERVING),
+            ("", SERVING),
+        ],
+    )
+    .await;
+    let (_, body) = get(&format!("http://{admin}/health")).await;
+    assert!(body.contains("circuit breaker open"), "{body}");
+    let (_, metrics) = get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains("tabadol_provider_circuit_open{provider=\"cra\"} 1"),
+        "{metrics}"
+    );
+    let errors: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tabadol_provider_errors_total{provider=\"cra\",kind=\"unavailable\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 5.0, "{metrics}");
+
+    stop.store(true, Ordering::SeqCst);
+    caller.await.unwrap();
+    failing.store(false, Ordering::SeqCst);
+    wait_health(
+        &mut health,
+        &[(SHAHKAR, SERVING), ("tabadol.v1.Shahkar", SERVING)],
+    )
+    .await;
+    shahkar_call(&hub, "cbi", "TRK-BRK-BACK", &nc, &mobile)
+        .await
+        .expect("the provider answers again");
+    hub.stop().await;
+    provider_task.abort();
 }
