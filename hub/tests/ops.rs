@@ -1239,11 +1239,10 @@ async fn admin_listener_over_mutual_tls() {
         "no client certificate, no metrics"
     );
     assert!(
-        reqwest::get(format!("http://{admin}/metrics"))
+        !reqwest::get(format!("http://{admin}/metrics"))
             .await
             .map(|r| r.status().is_success())
-            .unwrap_or(false)
-            == false,
+            .unwrap_or(false),
         "plain HTTP is not served"
     );
     hub.stop().await;
