@@ -908,6 +908,28 @@ async fn dashboard_in_headless_chromium() {
         "English numbers in Latin digits"
     );
 
+    // The running hub's month report (linked from the page) counts the same calls.
+    let today = tabadol_policy::jalali::JalaliDate::in_tehran(jiff::Timestamp::now());
+    let month = format!("{:04}/{:02}", today.year, today.month);
+    let (status, body) = get(&format!(
+        "http://{admin}/report/usage?month={month}&format=json"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let calls = |agency: &str, service: &str| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["agency"] == agency && r["service"] == service)
+            .map(|r| r["calls"].as_u64().unwrap())
+    };
+    assert_eq!(calls("cbi", SHAHKAR), Some(2), "{body}");
+    assert_eq!(calls("moh", "nocr.identity"), Some(1), "{body}");
+    let (status, _) = get(&format!("http://{admin}/report/usage?month=1405/13")).await;
+    assert_eq!(status, 400);
+
     // The screenshot, kept as an artifact.
     let shot = ops_helpers::artifacts_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);

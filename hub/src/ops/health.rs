@@ -257,3 +257,79 @@ async fn probe(addr: &str) -> Result<(), String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> crate::inquiry::audit::AuditRecord {
+        crate::inquiry::audit::AuditRecord {
+            seq: 0,
+            time_micros: 0,
+            inquiry_id: format!("q-{n}"),
+            agency: "cbi".into(),
+            service: "cra.shahkar.match".into(),
+            purpose: "kyc".into(),
+            tracking_code: format!("T-{n}"),
+            service_request_id: String::new(),
+            outcome: "ok".into(),
+            latency_micros: 1,
+            detail: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// An audit writer that cannot keep up (its queue over 90 % full) makes the whole hub
+    /// and every service NOT_SERVING; once it has caught up, they serve again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn audit_falling_behind_is_not_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let audit = crate::inquiry::audit::Audit::open(&db, Default::default()).unwrap();
+        let policy = tabadol_policy::Policy::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/national"),
+        )
+        .unwrap();
+        let hub = Arc::new(Hub::new(policy, Default::default(), audit.clone()));
+        let (reporter, _service) = tonic_health::server::health_reporter();
+        let checker = Checker {
+            hub: hub.clone(),
+            db: db.clone(),
+            provider_addrs: BTreeMap::new(),
+            reporter,
+            health: Default::default(),
+        };
+        // On this single-threaded runtime the writer cannot run until we yield: the queue
+        // fills as it would behind a stalled disk.
+        let (_, capacity) = audit.queue_depth();
+        for n in 0..capacity {
+            audit.append_detached(record(n));
+        }
+        let snap = checker.check().await;
+        let hub_verdict = snap.hub.clone().unwrap();
+        assert!(!hub_verdict.serving);
+        assert!(
+            hub_verdict.reason.contains("audit writer not keeping up"),
+            "{hub_verdict:?}"
+        );
+        assert!(!snap.grpc[""]);
+        assert!(!snap.grpc["tabadol.v1.Inquiry"]);
+        assert!(!snap.services["cra.shahkar.match"].serving);
+        // Let it drain.
+        for _ in 0..2000 {
+            if audit.queue_depth().0 == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(audit.queue_depth().0, 0, "the writer drained its queue");
+        let snap = checker.check().await;
+        assert!(snap.hub.unwrap().serving);
+        assert!(snap.grpc[""]);
+        // No adapters are configured here: services say so instead of pretending.
+        assert!(snap.services["cra.shahkar.match"]
+            .reason
+            .contains("no adapter configured"));
+    }
+}
