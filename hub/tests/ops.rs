@@ -1225,6 +1225,7 @@ async fn admin_listener_over_mutual_tls() {
                 cert: pki.hub_cert(),
                 key: pki.hub_key(),
             }),
+            fallback_to_free_port: false,
         });
     })
     .await;

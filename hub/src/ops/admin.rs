@@ -33,6 +33,10 @@ pub struct AdminSection {
     /// Mutual TLS for the admin listener: clients need a certificate chained to `ca`.
     #[serde(default)]
     pub tls: Option<AdminTls>,
+    /// When `listen` is taken, listen on a free port of the same address instead of failing
+    /// (`tabadol dev` without `--admin-listen`; never from a configuration file).
+    #[serde(skip)]
+    pub fallback_to_free_port: bool,
 }
 
 /// Files of the admin listener's mutual TLS.
@@ -57,6 +61,7 @@ impl AdminSection {
         AdminSection {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: None,
+            fallback_to_free_port: false,
         }
     }
 
@@ -276,14 +281,28 @@ fn html_response(html: String) -> Response {
         .into_response()
 }
 
-/// Binds the admin listener; fails naming the address.
+/// Binds the admin listener; fails naming the address (or, with
+/// `fallback_to_free_port`, takes a free port when that one is in use).
 pub async fn bind(section: &AdminSection) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(section.listen).await.map_err(|e| {
-        anyhow::anyhow!(
+    match TcpListener::bind(section.listen).await {
+        Ok(l) => Ok(l),
+        Err(e) if section.fallback_to_free_port && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = SocketAddr::new(section.listen.ip(), 0);
+            let l = TcpListener::bind(any).await.map_err(|e| {
+                anyhow::anyhow!("admin listener: cannot listen on {any}: {e}")
+            })?;
+            tracing::warn!(
+                message = "admin port in use; the admin listener took a free port",
+                wanted = %section.listen,
+                addr = %l.local_addr()?,
+            );
+            Ok(l)
+        }
+        Err(e) => Err(anyhow::anyhow!(
             "admin listener: cannot listen on {}: {e}; choose another `admin.listen` (dev: --admin-listen)",
             section.listen
-        )
-    })
+        )),
+    }
 }
 
 /// Serves the admin routes on `listener` (over mutual TLS when `tls` is set).

@@ -60,15 +60,12 @@ pub struct DevEnv {
 /// 127.0.0.1:9464, or a free loopback port when another process holds that one) and OTLP
 /// export when `otlp` names a collector.
 pub fn operations(config: &mut Config, admin_listen: Option<SocketAddr>, otlp: Option<String>) {
-    let listen = admin_listen.unwrap_or_else(|| {
-        let preferred = SocketAddr::from(([127, 0, 0, 1], crate::ops::admin::DEFAULT_PORT));
-        if std::net::TcpListener::bind(preferred).is_ok() {
-            preferred
-        } else {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        }
+    config.admin = Some(crate::ops::admin::AdminSection {
+        listen: admin_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], crate::ops::admin::DEFAULT_PORT))),
+        tls: None,
+        fallback_to_free_port: admin_listen.is_none(),
     });
-    config.admin = Some(crate::ops::admin::AdminSection { listen, tls: None });
     config.telemetry.otlp_endpoint = otlp;
 }
 
