@@ -345,7 +345,13 @@ fn scrape_gauges(
     kafka: bool,
 ) -> crate::ops::metrics::Refresh {
     use crate::ops::metrics::{AgencyLabel, ProviderLabel};
+    // The closure lives in the hub's metrics: a strong reference back would keep the hub
+    // (and its store) alive forever.
+    let hub = Arc::downgrade(&hub);
     Arc::new(move |m| {
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
         let state = hub.policy();
         let mut total = 0;
         for a in state.policy.agencies() {
