@@ -403,4 +403,42 @@ mod tests {
         assert!(errors[0].starts_with("admin.tls.ca"), "{errors:?}");
         assert!(serde_yaml::from_str::<AdminSection>("lisen: 127.0.0.1:1").is_err());
     }
+
+    /// Existing configurations (no `admin:`, no `telemetry:`) keep working with both off;
+    /// the sections parse, and a bad OTLP endpoint or an open admin address is reported
+    /// with the other configuration errors.
+    #[test]
+    fn config_sections_default_off_and_are_validated() {
+        let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/national");
+        let base = format!(
+            "listen: 127.0.0.1:7443\npolicy_dir: {}\ndata_dir: /nonexistent/d\n\
+             tls: {{ ca: /nonexistent/ca.crt, cert: /nonexistent/hub.crt, key: /nonexistent/hub.key }}\n",
+            policy.display()
+        );
+        let old: crate::ops::config::Config = serde_yaml::from_str(&base).unwrap();
+        assert!(old.admin.is_none());
+        assert!(old.telemetry.otlp_endpoint.is_none());
+        let yaml = format!(
+            "{base}admin: {{ listen: 0.0.0.0:9464 }}\ntelemetry: {{ otlp_endpoint: collector:4317 }}\n"
+        );
+        let cfg: crate::ops::config::Config = serde_yaml::from_str(&yaml).unwrap();
+        let errors = match cfg.validate() {
+            Ok(_) => Vec::new(),
+            Err(crate::ops::config::ConfigErrors(e)) => e,
+        };
+        assert!(
+            errors.iter().any(|e| e.starts_with("admin.listen")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("telemetry.otlp_endpoint")),
+            "{errors:?}"
+        );
+        assert!(serde_yaml::from_str::<crate::ops::config::Config>(&format!(
+            "{base}telemetry: {{ endpoint: http://x:4317 }}\n"
+        ))
+        .is_err());
+    }
 }
