@@ -693,6 +693,17 @@ fn report_usage_matches_the_calls_in_every_format() {
         );
     }
 
+    // The table names each id in English and Persian below it.
+    for id in ["cbi", "moh"] {
+        let a = policy.agency(id).unwrap();
+        assert!(
+            table.contains(&format!("{id}: {} — {}", a.name_en, a.name_fa)),
+            "{table}"
+        );
+    }
+    let s = policy.service(SHAHKAR).unwrap();
+    assert!(table.contains(&format!("{SHAHKAR}: {} — {}", s.title_en, s.title_fa)));
+
     // HTML: Persian, right to left, Persian digits that read back as the same numbers.
     let html = run("html");
     assert!(html.contains("<html lang=\"fa\" dir=\"rtl\">"), "{html}");
@@ -948,6 +959,19 @@ async fn dashboard_in_headless_chromium() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "a real picture"
     );
+    let shot_en = ops_helpers::artifacts_dir().join("dashboard-en.png");
+    let _ = std::fs::remove_file(&shot_en);
+    {
+        let args = vec![
+            format!("--screenshot={}", shot_en.display()),
+            "--window-size=1600,2400".to_owned(),
+            format!("{url}?lang=en"),
+        ];
+        tokio::task::spawn_blocking(move || chromium(&args))
+            .await
+            .unwrap();
+    }
+    assert!(std::fs::metadata(&shot_en).unwrap().len() > 10_000);
     hub.stop().await;
 }
 

@@ -377,6 +377,20 @@ impl Report {
         if self.rows.is_empty() {
             out.push_str("(no calls in this period)\n");
         }
+        // The names behind the ids, Persian and English.
+        let mut names: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+        for r in &self.rows {
+            if let (Some(a), Some(fa), Some(en)) = (&r.agency, &r.agency_fa, &r.agency_en) {
+                names.insert(a, (fa, en));
+            }
+            names.insert(&r.service, (&r.service_fa, &r.service_en));
+        }
+        if !names.is_empty() {
+            out.push('\n');
+            for (id, (fa, en)) in names {
+                let _ = writeln!(out, "{id}: {en} — {fa}");
+            }
+        }
         out
     }
 
