@@ -7,6 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The operations tests run a real Prometheus and headless Chromium (Debian's packages);
+# they fail, saying how to install them, when these are missing.
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]} for the operations tests (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
 source scripts/kafka.sh
 kafka_install
 export TABADOL_TANSU="${TANSU_BIN}"
@@ -24,7 +38,7 @@ kill_leftovers() {
     pid="${dir#/proc/}"
     [ "$pid" = "$$" ] && continue
     comm="$(cat "$dir/comm" 2>/dev/null)" || continue
-    case "$comm" in tansu|tabadol) ;; *) continue ;; esac
+    case "$comm" in tansu|tabadol|prometheus) ;; *) continue ;; esac
     if grep -qzxF "TABADOL_TEST_RUN=${TABADOL_TEST_RUN}" "$dir/environ" 2>/dev/null; then
       echo "== stopping leftover ${comm} (pid ${pid}) of this test run" >&2
       kill -KILL "$pid" 2>/dev/null || true

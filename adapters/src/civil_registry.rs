@@ -114,10 +114,7 @@ impl CivilRegistryAdapter {
         } else {
             self.http.url(&["nocr", "v2", "persons", nin])
         };
-        let reply = self
-            .http
-            .send(self.http.client().get(url), &req.tracking_code, req.timeout)
-            .await?;
+        let reply = self.http.send_for(self.http.client().get(url), req).await?;
         if reply.status.is_success() {
             return Ok(reply);
         }
@@ -196,6 +193,10 @@ impl CivilRegistryAdapter {
 impl Provider for CivilRegistryAdapter {
     fn name(&self) -> &str {
         self.http.provider()
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.http.circuit_open()
     }
 
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>> {

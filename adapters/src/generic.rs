@@ -103,10 +103,7 @@ impl GenericAdapter {
                 self.http.client().post(url).json(&body)
             }
         };
-        let reply = self
-            .http
-            .send(request, &req.tracking_code, req.timeout)
-            .await?;
+        let reply = self.http.send_for(request, req).await?;
         let json: Option<Value> = serde_json::from_slice(&reply.body).ok();
         let code = match (&m.error_code, &json) {
             (Some(p), Some(body)) => at(body, p).and_then(scalar),
@@ -259,6 +256,10 @@ impl Provider for GenericAdapter {
             }
         }
         .boxed()
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.http.circuit_open()
     }
 }
 

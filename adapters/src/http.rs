@@ -202,6 +202,27 @@ impl Transport {
         url
     }
 
+    /// True while the breaker fails calls fast.
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// [`Transport::send`] for one provider request: its tracking code, deadline and W3C
+    /// `traceparent`.
+    pub async fn send_for(
+        &self,
+        mut request: RequestBuilder,
+        req: &crate::ProviderRequest,
+    ) -> Result<Reply, ProviderError> {
+        if let Some(tp) = req.traceparent.as_deref() {
+            // Only a well-formed W3C value is passed on (55 printable characters).
+            if tp.len() == 55 && tp.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                request = request.header("traceparent", tp);
+            }
+        }
+        self.send(request, &req.tracking_code, req.timeout).await
+    }
+
     /// Send `request` with the tracking code, wait at most `min(timeout, provider timeout)` for
     /// the whole answer, and classify failures. 5xx is `Unavailable`; other statuses are returned
     /// for the adapter to read in its provider's format.

@@ -57,6 +57,9 @@ pub struct ProviderRequest {
     /// The service's `http:` catalog section, read by the generic adapter ([`generic`]);
     /// the hand-written adapters ignore it.
     pub mapping: Option<Arc<tabadol_policy::http_mapping::HttpMapping>>,
+    /// W3C `traceparent` of the hub's provider-call span (the caller's trace continued);
+    /// sent to the provider as the `traceparent` header when set.
+    pub traceparent: Option<String>,
 }
 
 /// What a provider answered.
@@ -116,6 +119,10 @@ pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Run one operation. Dropping the future cancels the call.
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>>;
+    /// True while the adapter's circuit breaker fails calls fast (health reports it).
+    fn circuit_open(&self) -> bool {
+        false
+    }
 }
 
 /// Which provider protocol an adapter speaks.

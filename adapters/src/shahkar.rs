@@ -94,10 +94,7 @@ impl ShahkarAdapter {
             .client()
             .post(self.http.url(&MATCH_PATH))
             .json(&body);
-        let reply = self
-            .http
-            .send(request, &req.tracking_code, req.timeout)
-            .await?;
+        let reply = self.http.send_for(request, req).await?;
         let answer: Option<MatchResponse> = serde_json::from_slice(&reply.body).ok();
         match answer {
             Some(MatchResponse {
@@ -125,6 +122,10 @@ impl ShahkarAdapter {
 impl Provider for ShahkarAdapter {
     fn name(&self) -> &str {
         self.http.provider()
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.http.circuit_open()
     }
 
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>> {

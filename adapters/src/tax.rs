@@ -98,10 +98,7 @@ impl TaxAdapter {
         let value = digits_param(provider, param, value)?;
         let mut url = self.http.url(&TAXPAYERS_PATH);
         url.query_pairs_mut().append_pair(wire, value);
-        let reply = self
-            .http
-            .send(self.http.client().get(url), &req.tracking_code, req.timeout)
-            .await?;
+        let reply = self.http.send_for(self.http.client().get(url), req).await?;
         let envelope: Option<Envelope> = serde_json::from_slice(&reply.body).ok();
         let dto = match envelope {
             Some(Envelope {
@@ -158,6 +155,10 @@ impl TaxAdapter {
 impl Provider for TaxAdapter {
     fn name(&self) -> &str {
         self.http.provider()
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.http.circuit_open()
     }
 
     fn call(&self, req: ProviderRequest) -> BoxFuture<'_, Result<ProviderResponse, ProviderError>> {

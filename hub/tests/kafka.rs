@@ -1815,3 +1815,103 @@ async fn subscribers_are_those_at_acceptance_across_an_outage() {
     );
     hub.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Operations over a real broker (issue 12).
+
+/// The value of one un-labelled metric in a /metrics text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn tail_once(admin: std::net::SocketAddr) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tabadol"))
+        .args([
+            "events",
+            "tail",
+            "--once",
+            "--admin",
+            &format!("http://{admin}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn delivery_of(tail: &str, seq: u64) -> String {
+    tail.lines()
+        .find(|l| l.split_whitespace().next() == Some(&seq.to_string()))
+        .unwrap_or_else(|| panic!("no event {seq} in:\n{tail}"))
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .to_owned()
+}
+
+/// With the broker up, the outbox is empty and `events tail` says `delivered`; with the
+/// broker killed, an event waits: `tabadol_outbox_depth` is 1, `tabadol_relay_lag_seconds`
+/// grows, tail says `pending`; with the broker back, it is delivered and the depth is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_state_shows_in_metrics_and_events_tail() {
+    let mut broker = Broker::start().await;
+    let hub = TestHub::start_with_kafka(Some((&broker.addr(), 2_000))).await;
+    let admin = hub.handle.admin_addr.expect("admin listener");
+    let ncs = persons(&hub, 2);
+    let mut nocr = events(&hub, "nocr").await;
+    let (first, _) = publish(&mut nocr, "ops-0", "death.v1", &ncs[0]).await;
+    wait_relayed(&hub, first, Duration::from_secs(60)).await;
+    let m = admin_get(admin, "/metrics").await;
+    assert_eq!(metric_value(&m, "tabadol_outbox_depth"), 0.0);
+    assert_eq!(metric_value(&m, "tabadol_relay_lag_seconds"), 0.0);
+    let tail = tokio::task::spawn_blocking(move || tail_once(admin))
+        .await
+        .unwrap();
+    assert_eq!(delivery_of(&tail, first), "delivered", "{tail}");
+
+    broker.kill();
+    let (second, _) = publish(&mut nocr, "ops-1", "death.v1", &ncs[1]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = admin_get(admin, "/metrics").await;
+    assert_eq!(metric_value(&m, "tabadol_outbox_depth"), 1.0, "{m}");
+    assert!(metric_value(&m, "tabadol_relay_lag_seconds") >= 1.0, "{m}");
+    let tail = tokio::task::spawn_blocking(move || tail_once(admin))
+        .await
+        .unwrap();
+    assert_eq!(delivery_of(&tail, second), "pending", "{tail}");
+    for nc in &ncs {
+        assert!(!tail.contains(nc.as_str()), "national code in tail");
+    }
+
+    broker.run().await;
+    wait_relayed(&hub, second, Duration::from_secs(90)).await;
+    let m = admin_get(admin, "/metrics").await;
+    assert_eq!(metric_value(&m, "tabadol_outbox_depth"), 0.0, "{m}");
+    let tail = tokio::task::spawn_blocking(move || tail_once(admin))
+        .await
+        .unwrap();
+    assert_eq!(delivery_of(&tail, second), "delivered", "{tail}");
+    hub.stop().await;
+}

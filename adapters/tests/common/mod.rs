@@ -68,6 +68,7 @@ pub fn request(operation: &str, params: &[(&str, &str)]) -> ProviderRequest {
         tracking_code: "TRK-1403-000042".into(),
         timeout: Duration::from_secs(10),
         mapping: None,
+        traceparent: None,
     }
 }
 

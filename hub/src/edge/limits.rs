@@ -253,6 +253,13 @@ impl AgencyStreamsLayer {
     }
 }
 
+impl AgencyStreamsLayer {
+    /// The per-agency counts (read by the metrics).
+    pub fn counts(&self) -> Arc<StreamCounts> {
+        self.counts.clone()
+    }
+}
+
 impl<S> Layer<S> for AgencyStreamsLayer {
     type Service = AgencyStreams<S>;
     fn layer(&self, inner: S) -> AgencyStreams<S> {

@@ -34,15 +34,11 @@ pub async fn run(
     events: EventsService,
     limits: EdgeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    // grpc.health.v1, its statuses set by `ops/health.rs`.
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<InquiryServer<InquiryService>>().await;
-    health.set_serving::<ShahkarServer<ShahkarService>>().await;
-    health
-        .set_serving::<CivilRegistryServer<CivilRegistryService>>()
-        .await;
-    health.set_serving::<TaxServer<TaxService>>().await;
-    health.set_serving::<EventsServer<EventsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tabadol_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -54,12 +50,13 @@ pub async fn run(
     let incoming = crate::edge::tls::incoming(listener, tls, hub.clone());
     // Order matters, outermost first: a non-gRPC request is refused before it counts
     // against its agency; a stream is counted before its body is read.
+    let streams = AgencyStreamsLayer::new(hub.clone(), limits.streams_per_agency);
+    hub.metrics.set_stream_counts(streams.counts());
     let edge = tower::ServiceBuilder::new()
+        // The caller's W3C traceparent becomes the parent of the inquiry's span.
+        .layer(crate::ops::telemetry::TraceContextLayer)
         .layer(RequireGrpcLayer)
-        .layer(AgencyStreamsLayer::new(
-            hub.clone(),
-            limits.streams_per_agency,
-        ))
+        .layer(streams)
         .layer(BodyDeadlineLayer::new(limits.request_body_timeout));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

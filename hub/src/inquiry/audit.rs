@@ -11,6 +11,7 @@
 //! never response data.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Job>,
+    /// Set while the writer's last write or flush failed (health reports NOT_SERVING).
+    failing: Arc<std::sync::atomic::AtomicBool>,
     log: sled::Tree,
     by_tracking: sled::Tree,
     checkpoints: sled::Tree,
@@ -148,6 +151,8 @@ pub struct AuditOptions {
     /// ...or this long after the last one when records were added since (and at
     /// shutdown, [`Audit::checkpoint`]).
     pub checkpoint_every: Duration,
+    /// Observes the time of each flush (the `tabadol_audit_flush_duration_seconds` metric).
+    pub flush_timer: crate::ops::metrics::FlushTimer,
 }
 
 impl Default for AuditOptions {
@@ -159,6 +164,7 @@ impl Default for AuditOptions {
             signer: None,
             checkpoint_every_records: 1000,
             checkpoint_every: Duration::from_secs(60),
+            flush_timer: Default::default(),
         }
     }
 }
@@ -226,7 +232,9 @@ impl Audit {
             _ => None,
         };
         let (tx, rx) = mpsc::channel(16 * 1024);
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
+            failing: failing.clone(),
             db: db.clone(),
             log: log.clone(),
             by_tracking: by_tracking.clone(),
@@ -242,10 +250,32 @@ impl Audit {
         tokio::spawn(writer.run(rx));
         Ok(Self {
             tx,
+            failing,
             log,
             by_tracking,
             checkpoints,
         })
+    }
+
+    /// Records waiting for the writer now, and the queue's capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let max = self.tx.max_capacity();
+        (max.saturating_sub(self.tx.capacity()), max)
+    }
+
+    /// Whether the writer's last write or flush failed (it retries with the next batch).
+    pub fn writer_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records whose time is in `[from_micros, until_micros)`, oldest first (usage
+    /// reports, the dashboard).
+    pub fn records_between(
+        &self,
+        from_micros: i64,
+        until_micros: i64,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        records_between(&self.log, from_micros, until_micros)
     }
 
     /// Appends a record and waits until it is in the log (and on disk when durable).
@@ -346,6 +376,38 @@ fn job_inquiry(job: &Job) -> &str {
         Job::Record(rec, _) => &rec.inquiry_id,
         Job::Checkpoint(_) => "-",
     }
+}
+
+/// Records of the log in `db` whose time is in `[from_micros, until_micros)`, oldest first.
+/// Reads from the newest record back (records are appended in time order; a record up to
+/// a minute older than its successor — a slow writer queue — is still found).
+pub fn records_between_db(
+    db: &sled::Db,
+    from_micros: i64,
+    until_micros: i64,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    records_between(&db.open_tree(TREE_LOG)?, from_micros, until_micros)
+}
+
+fn records_between(
+    log: &sled::Tree,
+    from_micros: i64,
+    until_micros: i64,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    const SLACK_MICROS: i64 = 60_000_000;
+    let mut out = Vec::new();
+    for item in log.iter().rev() {
+        let (k, v) = item?;
+        let rec = decode(key_seq(&k), &v)?;
+        if rec.time_micros < from_micros.saturating_sub(SLACK_MICROS) {
+            break;
+        }
+        if rec.time_micros >= from_micros && rec.time_micros < until_micros {
+            out.push(rec);
+        }
+    }
+    out.reverse();
+    Ok(out)
 }
 
 fn decode(seq: u64, v: &[u8]) -> Result<AuditRecord, AuditError> {
@@ -719,6 +781,7 @@ struct Writer {
     /// The newest checkpoint, to be written to `anchor` after the next flush.
     pending_anchor: Option<Vec<u8>>,
     opts: AuditOptions,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Somebody waiting for a flush: a durable caller (its record's sequence number) or a
@@ -819,6 +882,8 @@ impl Writer {
             }
         }
         let result = self.write_batch(&mut records);
+        self.failing
+            .store(result.is_err(), std::sync::atomic::Ordering::Release);
         let due = self.next_seq > self.last_checkpoint + self.opts.checkpoint_every_records;
         let checkpoint = if result.is_ok() && (due || !asked.is_empty()) {
             self.checkpoint()
@@ -855,9 +920,13 @@ impl Writer {
     fn take_off(&mut self, waiters: Vec<Waiter>) -> Flight {
         let anchor = self.pending_anchor.take();
         let (db, fsync, anchor_path) = (self.db.clone(), self.fsync.clone(), self.anchor.clone());
+        let timer = self.opts.flush_timer.clone();
         let value = anchor.clone();
         let task = tokio::spawn(async move {
-            flush_store(&db, fsync).await?;
+            let started = std::time::Instant::now();
+            let flushed = flush_store(&db, fsync).await;
+            timer.observe(started.elapsed());
+            flushed?;
             if let (Some(path), Some(value)) = (anchor_path, value) {
                 tokio::task::spawn_blocking(move || write_anchor(&path, &value))
                     .await
@@ -875,6 +944,8 @@ impl Writer {
     /// A flush ended: answers its waiters; a failed one keeps its checkpoint file for the
     /// next flush and leaves the store dirty, so it is tried again.
     fn land(&mut self, flight: Flight, result: Result<(), String>, dirty: &mut bool) {
+        self.failing
+            .store(result.is_err(), std::sync::atomic::Ordering::Release);
         if let Err(error) = &result {
             tracing::error!(message = "audit flush failed", %error);
             if self.pending_anchor.is_none() {

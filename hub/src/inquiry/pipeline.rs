@@ -109,6 +109,8 @@ pub struct Hub {
     pub default_deadline: Duration,
     /// Inquiries run at once; one more is shed ([`HubError::Overloaded`]).
     pub max_in_flight: usize,
+    /// Prometheus metrics (`ops/metrics.rs`), served on the admin listener.
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 /// What a shed inquiry is told to wait before it tries again.
@@ -130,6 +132,7 @@ impl Hub {
             revoked: ArcSwap::from_pointee(Default::default()),
             default_deadline: Duration::from_secs(10),
             max_in_flight: usize::MAX,
+            metrics: Default::default(),
         }
     }
 
@@ -156,7 +159,9 @@ impl Hub {
 
     /// Replaces the policy atomically (callers in flight keep the old one).
     pub fn swap_policy(&self, policy: Policy) {
+        self.metrics.prime(&policy);
         self.policy.store(Arc::new(PolicyState::new(policy)));
+        self.metrics.policy_reloaded();
         self.access_changed();
     }
 
@@ -182,6 +187,11 @@ impl Hub {
     /// connections hold one and re-check their caller when it fires.
     pub fn access_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The provider adapters, by provider agency id.
+    pub fn providers(&self) -> &HashMap<String, Arc<dyn Provider>> {
+        &self.providers
     }
 
     pub fn audit(&self) -> &Audit {
@@ -221,8 +231,30 @@ impl Hub {
     pub async fn inquire(
         &self,
         caller: &Caller,
+        input: InquiryInput,
+        deadline: Option<Instant>,
+    ) -> Result<InquiryOutput, HubError> {
+        // Metrics and the trace span of this inquiry (ops/telemetry.rs): the one place its
+        // outcome is known.
+        let service = crate::ops::metrics::service_label(&self.policy().policy, &input.service);
+        let observe = crate::ops::telemetry::InquiryObservation::start(
+            &self.metrics,
+            &caller.agency,
+            &service,
+            &input.purpose,
+            &input.tracking_code,
+        );
+        let result = self.run_layers(caller, input, deadline, &observe).await;
+        observe.finish(&result);
+        result
+    }
+
+    async fn run_layers(
+        &self,
+        caller: &Caller,
         mut input: InquiryInput,
         deadline: Option<Instant>,
+        observe: &crate::ops::telemetry::InquiryObservation<'_>,
     ) -> Result<InquiryOutput, HubError> {
         // 1. Authenticate: done before — a `Caller` exists only for a verified certificate
         //    that maps to an agency (`Hub::caller_for`).
@@ -247,6 +279,8 @@ impl Hub {
             // 3. Validate, in canonical form: what is validated is what is audited and sent.
             let service = validate::validate(&state.policy, &mut input)?;
             guard.set_tracking_code(&input.tracking_code);
+            observe.set_tracking_code(&input.tracking_code);
+            let _decision = observe.child("tabadol.decision");
             let at = jiff::Timestamp::now();
             // 4. Authorize before maintenance and limits: an agency without a grant learns
             //    nothing about a provider's schedule and spends no quota.
@@ -268,6 +302,7 @@ impl Hub {
                 tracking_code: std::mem::take(&mut input.tracking_code),
                 timeout: call::budget(deadline, self.default_deadline, Instant::now()),
                 mapping: service.http.clone(),
+                traceparent: None,
             };
             Ok::<_, HubError>((provider, provider_id, request, granted))
         })();
@@ -276,8 +311,12 @@ impl Hub {
             Err(e) => return guard.finish(Err(e)).await,
         };
         // 7. Provider call under the caller's deadline (the adapter holds the breaker).
-        let result = call::call(provider.as_ref(), &provider_id, request)
-            .await
+        let span = observe.child("tabadol.provider_call");
+        let mut request = request;
+        request.traceparent = crate::ops::telemetry::traceparent(span.context());
+        let called = call::call(provider.as_ref(), &provider_id, request).await;
+        observe.provider(span, &provider_id, called.as_ref().err());
+        let result = called
             // 8. Minimize: only granted fields leave the hub.
             .map(|response| InquiryOutput {
                 inquiry_id: guard.inquiry_id().to_owned(),

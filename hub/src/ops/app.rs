@@ -31,6 +31,13 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// is flushed.
 pub const INQUIRY_DRAIN: Duration = Duration::from_secs(30);
 
+/// The operations side of a running hub, stopped with it.
+struct OpsTasks {
+    admin: Option<crate::ops::admin::AdminHandle>,
+    health: JoinHandle<()>,
+    telemetry: Option<crate::ops::telemetry::Telemetry>,
+}
+
 /// A hub serving on a socket.
 pub struct HubHandle {
     pub addr: SocketAddr,
@@ -42,6 +49,11 @@ pub struct HubHandle {
     pub tls: Arc<TlsEdge>,
     manifest_task: Option<ManifestTask>,
     pub db: sled::Db,
+    /// The admin listener's address (metrics, dashboard, reports), when it is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The last health check's findings (also in grpc.health.v1).
+    pub health: Arc<crate::ops::health::Health>,
+    ops: OpsTasks,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -83,7 +95,22 @@ impl HubHandle {
             task.stop().await;
         }
         self.db.flush_async().await?;
+        self.ops.health.abort();
+        if let Some(admin) = self.ops.admin.take() {
+            admin.stop();
+        }
+        if let Some(t) = self.ops.telemetry.take() {
+            // The exporter's blocking shutdown must not hold a runtime worker.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         result
+    }
+
+    /// Exports the spans buffered so far (tests, operators).
+    pub fn flush_telemetry(&self) {
+        if let Some(t) = &self.ops.telemetry {
+            t.flush();
+        }
     }
 
     /// Makes the daily-manifest task run a round now (tests, operators).
@@ -149,7 +176,11 @@ pub async fn start(
     let db = crate::inquiry::audit::open_store(&store, Some(500))?;
     let signer = CheckpointSigner::from_pem_files(&cfg.tls.cert, &cfg.tls.key)
         .map_err(|e| anyhow::anyhow!("cannot sign audit checkpoints with the hub key: {e}"))?;
-    let audit = Audit::open(&db, cfg.audit.options(&store, signer)).map_err(|e| {
+    let metrics = Arc::new(crate::ops::metrics::Metrics::new());
+    let mut audit_options = cfg.audit.options(&store, signer);
+    audit_options.flush_timer =
+        crate::ops::metrics::FlushTimer::new(metrics.audit_flush_duration.clone());
+    let audit = Audit::open(&db, audit_options).map_err(|e| {
         anyhow::anyhow!(
             "the audit log in {} is {}. The hub does not serve on an audit log it \
              cannot vouch for: run `tabadol audit verify --data-dir {} --cert {}` for the full \
@@ -165,6 +196,8 @@ pub async fn start(
     let mut hub = Hub::new(policy, build_providers(cfg)?, audit);
     hub.default_deadline = Duration::from_millis(cfg.default_deadline_ms);
     hub.max_in_flight = cfg.limits.inquiries_in_flight.max(1) as usize;
+    hub.metrics = metrics;
+    hub.metrics.prime(&hub.policy().policy);
     hub.set_revoked(revoked);
     let hub = Arc::new(hub);
     // An acknowledged event survives a power loss: publish flushes are fsynced too.
@@ -217,6 +250,56 @@ pub async fn start(
             tokenize_quota: cfg.events.tokenize_quota().unwrap_or_default(),
         },
     );
+    // Operations: traces, health, metrics gauges read at scrape time, the admin listener.
+    let telemetry = match &cfg.telemetry.otlp_endpoint {
+        Some(endpoint) => Some(crate::ops::telemetry::Telemetry::start(
+            endpoint,
+            cfg.telemetry
+                .service_name
+                .as_deref()
+                .unwrap_or("tabadol-hub"),
+        )?),
+        None => None,
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Arc::new(crate::ops::health::Health::default());
+    let checker = crate::ops::health::Checker {
+        hub: hub.clone(),
+        db: db.clone(),
+        provider_addrs: cfg
+            .providers
+            .iter()
+            .filter_map(|p| {
+                crate::ops::health::probe_addr(&p.base_url).map(|a| (p.provider.clone(), a))
+            })
+            .collect(),
+        reporter: health_reporter,
+        health: health.clone(),
+    };
+    checker.prime().await;
+    let health_task = checker.spawn();
+    hub.metrics.set_refresh(scrape_gauges(
+        hub.clone(),
+        tls.clone(),
+        outbox.clone(),
+        cfg.kafka.is_some(),
+    ));
+    let admin = match &cfg.admin {
+        Some(section) => {
+            let listener = crate::ops::admin::bind(section).await?;
+            Some(crate::ops::admin::serve(
+                listener,
+                section.tls.as_ref(),
+                crate::ops::admin::AdminState {
+                    hub: hub.clone(),
+                    health: health.clone(),
+                    outbox: outbox.clone(),
+                    kafka: cfg.kafka.is_some(),
+                },
+            )?)
+        }
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     // Open Subscribe streams would keep a graceful shutdown waiting forever: end them
@@ -232,6 +315,7 @@ pub async fn start(
             let _ = rx.await;
             streams.stop();
         },
+        health_service,
     ));
     tracing::info!(message = "hub listening", %addr);
     Ok(HubHandle {
@@ -243,8 +327,72 @@ pub async fn start(
         tls,
         manifest_task: Some(manifest_task),
         db,
+        admin_addr: admin.as_ref().map(|a| a.addr),
+        health,
+        ops: OpsTasks {
+            admin,
+            health: health_task,
+            telemetry,
+        },
         shutdown: Some(tx),
         task,
+    })
+}
+
+/// Fills the gauges that are read, not counted: connections and streams per agency, the
+/// audit queue, the outbox and relay, provider breakers.
+fn scrape_gauges(
+    hub: Arc<Hub>,
+    tls: Arc<TlsEdge>,
+    outbox: Arc<Outbox>,
+    kafka: bool,
+) -> crate::ops::metrics::Refresh {
+    use crate::ops::metrics::{AgencyLabel, ProviderLabel};
+    // The closure lives in the hub's metrics: a strong reference back would keep the hub
+    // (and its store) alive forever.
+    let hub = Arc::downgrade(&hub);
+    Arc::new(move |m| {
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let state = hub.policy();
+        let mut total = 0;
+        for a in state.policy.agencies() {
+            let (all, mine) = tls.open_connections(&a.id);
+            total = all;
+            let label = AgencyLabel {
+                agency: a.id.clone(),
+            };
+            m.connections.get_or_create(&label).set(mine as i64);
+            m.streams
+                .get_or_create(&label)
+                .set(m.streams_of(&a.id) as i64);
+        }
+        m.connections_total.set(total as i64);
+        let (depth, capacity) = hub.audit().queue_depth();
+        m.audit_queue_depth.set(depth as i64);
+        m.audit_queue_capacity.set(capacity as i64);
+        for (id, p) in hub.providers() {
+            m.provider_circuit_open
+                .get_or_create(&ProviderLabel {
+                    provider: id.clone(),
+                })
+                .set(i64::from(p.circuit_open()));
+        }
+        m.dead_letters.set(outbox.dead_letters() as i64);
+        if kafka {
+            let cursor = outbox.cursor(crate::events::relay::CURSOR).unwrap_or(0);
+            let last = outbox.last_seq();
+            m.outbox_depth.set(last.saturating_sub(cursor) as i64);
+            let lag = match outbox.get(cursor + 1) {
+                Ok(Some(ev)) if last > cursor => {
+                    let now = jiff::Timestamp::now().as_microsecond();
+                    (now - ev.accepted_at_micros).max(0) as f64 / 1e6
+                }
+                _ => 0.0,
+            };
+            m.relay_lag_seconds.set(lag);
+        }
     })
 }
 
@@ -354,6 +502,7 @@ pub async fn reload_policy_with(hub: &Hub, loader: &crate::ops::signed::PolicyLo
             true
         }
         Ok(Err(errors)) => {
+            hub.metrics.policy_reload_failures.inc();
             tracing::error!(
                 message = "policy reload refused; keeping the last good policy",
                 dir = %dir.display(),
@@ -369,6 +518,7 @@ pub async fn reload_policy_with(hub: &Hub, loader: &crate::ops::signed::PolicyLo
             false
         }
         Err(failed) => {
+            hub.metrics.policy_reload_failures.inc();
             let reason = match failed.try_into_panic() {
                 Ok(panic) => panic
                     .downcast_ref::<&str>()

@@ -52,6 +52,14 @@ pub enum Command {
         /// `audit.durable: true` does in `serve`.
         #[arg(long)]
         durable_audit: bool,
+        /// Admin listener (metrics, dashboard, reports, events tail) [default:
+        /// 127.0.0.1:9464, or a free loopback port when that one is taken].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// Export OpenTelemetry traces over OTLP/gRPC to this collector (off by default),
+        /// e.g. http://127.0.0.1:4317.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Development PKI.
     #[command(subcommand)]
@@ -62,6 +70,9 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Usage reports from the audit log (R13).
+    #[command(subcommand)]
+    Report(crate::ops::report::ReportCommand),
     /// Event tools (on a stopped hub's store).
     #[command(subcommand)]
     Events(EventsCommand),
@@ -73,6 +84,9 @@ pub enum EventsCommand {
     /// cluster refuses): list them, or put them back for the relay to deliver.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Follow the event log of a running hub through its admin listener: sequence, type,
+    /// publisher, time, subscribers and delivery state (never a national code or token).
+    Tail(crate::ops::tail::TailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,7 +125,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// Opens the store of a stopped hub, or says why not (none there, or locked by a
     /// running hub).
-    fn open(&self) -> anyhow::Result<sled::Db> {
+    pub fn open(&self) -> anyhow::Result<sled::Db> {
         let data_dir = match (&self.config, &self.dir) {
             (Some(config), _) => {
                 let (cfg, _) = crate::ops::config::Config::load(config).map_err(|e| {
@@ -309,6 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kafka,
             simulate_events,
             durable_audit,
+            admin_listen,
+            otlp,
         } => {
             let simulate_events = match simulate_events {
                 Some(s) if !(s.is_finite() && s >= 0.05) => anyhow::bail!(
@@ -324,7 +340,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 simulate_events,
                 durable_audit,
             };
-            let env = crate::ops::dev::prepare(&opts).await?;
+            let mut env = crate::ops::dev::prepare(&opts).await?;
+            crate::ops::dev::operations(&mut env.config, admin_listen, otlp);
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {listen}: {e}; choose another with --listen")
             })?;
@@ -335,6 +352,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 handle.tls.clone(),
             );
             println!("{}", crate::ops::dev::banner(&env, handle.addr));
+            if let Some(admin) = handle.admin_addr {
+                println!(
+                    "Operations: dashboard http://{admin}/ · metrics http://{admin}/metrics · `tabadol events tail --admin http://{admin}`"
+                );
+            }
             let trickle = match opts.simulate_events {
                 Some(every) => {
                     println!(
@@ -484,6 +506,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(EventsCommand::DeadLetters(cmd)) => dead_letters(cmd),
+        Command::Events(EventsCommand::Tail(args)) => crate::ops::tail::run(args).await,
+        Command::Report(cmd) => {
+            crate::ops::report::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -41,6 +41,24 @@ pub struct Config {
     /// Signed grants: where the signatures are and whether they are required.
     #[serde(default)]
     pub policy: crate::ops::signed::PolicySection,
+    /// The admin listener (metrics, dashboard, reports); off when the section is absent.
+    #[serde(default)]
+    pub admin: Option<crate::ops::admin::AdminSection>,
+    /// OpenTelemetry traces; off unless `otlp_endpoint` is set.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// OpenTelemetry export.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; traces are exported only when set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `tabadol-hub`.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 /// Bounds on what one connection, one agency and all callers together may hold open.
@@ -503,6 +521,7 @@ impl AuditSection {
             signer: Some(signer),
             checkpoint_every_records: self.checkpoint_every_records.max(1),
             checkpoint_every: std::time::Duration::from_secs(self.checkpoint_every_secs.max(1)),
+            flush_timer: Default::default(),
         }
     }
 }
@@ -546,6 +565,9 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         self.tls.crls.iter_mut().for_each(fix);
+        if let Some(admin) = &mut self.admin {
+            admin.resolve_relative(base);
+        }
         for p in &mut self.providers {
             for f in [&mut p.tls.ca, &mut p.tls.cert, &mut p.tls.key]
                 .into_iter()
@@ -559,6 +581,16 @@ impl Config {
     /// Checks everything that can be checked before binding a port; collects all errors.
     pub fn validate(&self) -> Result<Policy, ConfigErrors> {
         let mut errors = Vec::new();
+        if let Some(admin) = &self.admin {
+            admin.validate(&mut errors);
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                errors.push(format!(
+                    "telemetry.otlp_endpoint: `{endpoint}` is not a URL; give e.g. http://127.0.0.1:4317"
+                ));
+            }
+        }
         for (name, p) in [
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),

@@ -62,6 +62,19 @@ pub struct DevEnv {
     pub dataset: Arc<Dataset>,
 }
 
+/// `tabadol dev`'s operations flags: the admin listener at `admin_listen` (default
+/// 127.0.0.1:9464, or a free loopback port when another process holds that one) and OTLP
+/// export when `otlp` names a collector.
+pub fn operations(config: &mut Config, admin_listen: Option<SocketAddr>, otlp: Option<String>) {
+    config.admin = Some(crate::ops::admin::AdminSection {
+        listen: admin_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], crate::ops::admin::DEFAULT_PORT))),
+        tls: None,
+        fallback_to_free_port: admin_listen.is_none(),
+    });
+    config.telemetry.otlp_endpoint = otlp;
+}
+
 /// Finds or writes the policy directory for dev mode.
 pub fn policy_dir(opts: &DevOptions) -> anyhow::Result<PathBuf> {
     if let Some(p) = &opts.policy {
@@ -159,6 +172,16 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             require_signatures: false,
             signatures: Some(signatures),
         },
+        // The admin listener (metrics, dashboard) on loopback: a test hub (port 0) gets a
+        // free port too; `tabadol dev` moves it with --admin-listen.
+        admin: Some(crate::ops::admin::AdminSection::loopback(
+            if opts.listen.port() == 0 {
+                0
+            } else {
+                crate::ops::admin::DEFAULT_PORT
+            },
+        )),
+        telemetry: Default::default(),
     };
     let policy = config.validate()?;
     Ok(DevEnv {

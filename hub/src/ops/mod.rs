@@ -1,9 +1,16 @@
 //! Running and operating the hub: configuration, assembly and shutdown, the CLI, the
 //! development environment and its PKI.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod dev;
+pub mod health;
+pub mod metrics;
 pub mod pki;
+pub mod report;
 pub mod signed;
+pub mod tail;
+pub mod telemetry;

@@ -69,6 +69,7 @@ mod tests {
             tracking_code: "T-1".to_owned(),
             timeout,
             mapping: None,
+            traceparent: None,
         }
     }
 
