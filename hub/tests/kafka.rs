@@ -471,6 +471,7 @@ async fn tokens(hub: &TestHub, agency: &str, ncs: &[String]) -> Vec<String> {
         .await
         .tokenize(TokenizeRequest {
             national_codes: ncs.to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -856,6 +857,7 @@ async fn broker_killed_with_deliveries_in_flight_loses_nothing_and_keeps_order_p
     let cbi_tokens = child_client(&harness, hub_port.port, "cbi")
         .tokenize(TokenizeRequest {
             national_codes: ncs.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
