@@ -138,11 +138,11 @@ impl Served {
         )
     }
 
-    /// cbi's tokens for `codes` at `version` (0: current) and the version answered.
+    /// cbi's tokens for `codes` at `version` (None: current) and the version answered.
     async fn tokenize(
         &self,
         codes: &[String],
-        version: u32,
+        version: Option<u32>,
     ) -> Result<(Vec<String>, u32), tonic::Status> {
         self.events("cbi")
             .tokenize(TokenizeRequest {
@@ -239,12 +239,12 @@ async fn hubs_sharing_a_master_secret_give_the_same_tokens() {
     );
     let codes = vec![alive(&env, 0), alive(&env, 1)];
 
-    let (t1, v1) = hub1.tokenize(&codes, 0).await.expect("hub-1 tokenizes");
-    let (t2, v2) = hub2.tokenize(&codes, 0).await.expect("hub-2 tokenizes");
+    let (t1, v1) = hub1.tokenize(&codes, None).await.expect("hub-1 tokenizes");
+    let (t2, v2) = hub2.tokenize(&codes, None).await.expect("hub-2 tokenizes");
     assert_eq!((v1, v2), (1, 1), "default key_version is 1");
     assert_eq!(t1, t2, "same secret, same tokens on both hubs");
     assert_ne!(t1[0], t1[1]);
-    let (t3, _) = hub3.tokenize(&codes, 0).await.expect("hub-3 tokenizes");
+    let (t3, _) = hub3.tokenize(&codes, None).await.expect("hub-3 tokenizes");
     assert_ne!(t1[0], t3[0], "another secret gives other tokens");
     assert_ne!(t1[1], t3[1]);
 
@@ -260,15 +260,21 @@ async fn hubs_sharing_a_master_secret_give_the_same_tokens() {
 
     // Rotation to version 2 with an overlap: the current tokens differ, version 1 is the
     // other hubs' answer, and a version outside the overlap is refused, naming the field.
-    let (r2, rv) = rotated.tokenize(&codes, 0).await.expect("current version");
+    let (r2, rv) = rotated
+        .tokenize(&codes, None)
+        .await
+        .expect("current version");
     assert_eq!(rv, 2);
     assert_ne!(r2, t1, "version 2 gives new tokens");
-    let (r1, rv1) = rotated.tokenize(&codes, 1).await.expect("overlap version");
+    let (r1, rv1) = rotated
+        .tokenize(&codes, Some(1))
+        .await
+        .expect("overlap version");
     assert_eq!((r1, rv1), (t1.clone(), 1));
     let e4 = rotated.death_seen_by_cbi(&codes[0]).await;
     assert_eq!((e4.subject.as_str(), e4.key_version), (r2[0].as_str(), 2));
     let refused = rotated
-        .tokenize(&codes, 3)
+        .tokenize(&codes, Some(3))
         .await
         .expect_err("version 3 is unknown");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
@@ -276,6 +282,86 @@ async fn hubs_sharing_a_master_secret_give_the_same_tokens() {
     let fields = common::violated_fields(&refused);
     assert_eq!(fields, ["key_version"], "{refused:?}");
     drop((hub1, hub2, hub3, rotated));
+}
+
+/// A single node moving to a master secret: its existing random tokens (key version 0)
+/// stay answerable during the announced overlap (`previous_keys: [{version: 0}]`), next to
+/// the new derived version 1 that every hub with the secret gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_keeps_its_store_tokens_as_version_0_during_the_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dev_env(&dir.path().join("dev")).await;
+    let shared = secret(&dir.path().join("master-secret"), 0x5a, 0o600);
+    let codes = vec![alive(&env, 2)];
+    // Single node: no cluster section, random keys in the store (version 0).
+    let single = dir.path().join("single.yaml");
+    let data = dir.path().join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let yaml = serve_yaml(&env, &data, port, "");
+    std::fs::write(&single, yaml.replace("cluster:\n", "")).unwrap();
+    let old = {
+        let child = tabadol()
+            .args(["serve", "--config"])
+            .arg(&single)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let node = Served {
+            child,
+            port,
+            pki: env.config.data_dir.join("pki"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "single node did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (t, v) = node
+            .tokenize(&codes, None)
+            .await
+            .expect("single node tokenizes");
+        assert_eq!(v, 0, "the store's random keys are version 0");
+        t
+    };
+    // The same store with a master secret: version 1 current, version 0 in the overlap.
+    let moved = serve(
+        &env,
+        dir.path(),
+        "node",
+        &cluster_section("hub-1", &shared, "  previous_keys: [{ version: 0 }]\n"),
+    );
+    let (kept, v0) = moved
+        .tokenize(&codes, Some(0))
+        .await
+        .expect("version 0 in the overlap");
+    assert_eq!(
+        (kept, v0),
+        (old.clone(), 0),
+        "the node's existing tokens, unchanged"
+    );
+    let (new, v1) = moved.tokenize(&codes, None).await.expect("current version");
+    assert_eq!(v1, 1);
+    assert_ne!(
+        new, old,
+        "moving to a master secret changes the tokens: announce it"
+    );
+    // Version 1 is what every hub with the secret gives; version 0 only this node has.
+    let other = serve(
+        &env,
+        dir.path(),
+        "hub-2",
+        &cluster_section("hub-2", &shared, ""),
+    );
+    let (there, _) = other.tokenize(&codes, None).await.expect("hub-2 tokenizes");
+    assert_eq!(there, new);
+    let refused = other
+        .tokenize(&codes, Some(0))
+        .await
+        .expect_err("no store keys at hub-2");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
 
 fn run(args: &[&str], config: &Path) -> Output {
@@ -399,7 +485,7 @@ async fn serve_check_reports_every_error_at_once_and_binds_nothing() {
     let expected = [
         "tls.ca: file /nonexistent/ca.crt does not exist",
         "cluster.instance_id: `Hub_1` is not an instance id",
-        "cluster.previous_keys[0].version: 5 must be at least 1 and below key_version 2",
+        "cluster.previous_keys[0].version: 5 must be below key_version 2",
         &format!(
             "cluster.master_secret_file: cannot read {}",
             missing.display()

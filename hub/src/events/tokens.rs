@@ -36,14 +36,6 @@ pub enum TokenError {
     UnknownVersion { asked: u32, answered: Vec<u32> },
 }
 
-/// Where the keys come from.
-enum KeySource {
-    /// Random per agency, kept in the store (single-node; version 0).
-    Store(sled::Tree),
-    /// Derived from the master secret of each version.
-    Derived(crate::ops::cluster::TokenKeyring),
-}
-
 /// Salt of the HKDF extraction (fixed: the master secret is the only secret input).
 const HKDF_SALT: &[u8] = b"tabadol token keys";
 
@@ -66,7 +58,11 @@ pub fn derive_key(
 
 /// Token keys per subscriber agency.
 pub struct Tokens {
-    source: KeySource,
+    /// The store's random keys (key version 0): single-node mode, or a single node moving
+    /// to a master secret during the announced overlap (`previous_keys: [{version: 0}]`).
+    store: Option<sled::Tree>,
+    /// The master secrets of the derived versions (cluster mode).
+    ring: Option<crate::ops::cluster::TokenKeyring>,
     cache: RwLock<HashMap<(u32, String), [u8; 32]>>,
 }
 
@@ -74,7 +70,8 @@ impl Tokens {
     /// Random keys kept in the store (single-node mode, key version 0).
     pub fn open(db: &sled::Db) -> Result<Self, TokenError> {
         Ok(Self {
-            source: KeySource::Store(db.open_tree(TREE_KEYS)?),
+            store: Some(db.open_tree(TREE_KEYS)?),
+            ring: None,
             cache: RwLock::new(HashMap::new()),
         })
     }
@@ -82,26 +79,38 @@ impl Tokens {
     /// Keys derived from the master secrets of `keyring` (cluster mode); nothing stored.
     pub fn derived(keyring: crate::ops::cluster::TokenKeyring) -> Self {
         Self {
-            source: KeySource::Derived(keyring),
+            store: None,
+            ring: Some(keyring),
             cache: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Derived keys, and during the overlap of a move from the store's random keys also
+    /// version 0 from `db` (a single node's existing tokens).
+    pub fn derived_with_store(
+        keyring: crate::ops::cluster::TokenKeyring,
+        db: &sled::Db,
+    ) -> Result<Self, TokenError> {
+        Ok(Self {
+            store: Some(db.open_tree(TREE_KEYS)?),
+            ring: Some(keyring),
+            cache: RwLock::new(HashMap::new()),
+        })
     }
 
     /// The key version of events and of Tokenize calls that ask for none (0: the store's
     /// random keys).
     pub fn current_version(&self) -> u32 {
-        match &self.source {
-            KeySource::Store(_) => 0,
-            KeySource::Derived(k) => k.current,
-        }
+        self.ring.as_ref().map_or(0, |k| k.current)
     }
 
     /// Every key version answered.
     pub fn versions(&self) -> Vec<u32> {
-        match &self.source {
-            KeySource::Store(_) => vec![0],
-            KeySource::Derived(k) => k.secrets.keys().copied().collect(),
+        let mut v: Vec<u32> = self.store.iter().map(|_| 0).collect();
+        if let Some(k) = &self.ring {
+            v.extend(k.secrets.keys().copied());
         }
+        v
     }
 
     fn key(&self, version: u32, agency: &str) -> Result<[u8; 32], TokenError> {
@@ -113,16 +122,17 @@ impl Tokens {
         {
             return Ok(*k);
         }
-        let keys = match &self.source {
-            KeySource::Store(keys) if version == 0 => keys,
-            KeySource::Derived(ring) if ring.secrets.contains_key(&version) => {
-                let key = derive_key(&ring.secrets[&version], version, agency);
+        let derived = self.ring.as_ref().and_then(|r| r.secrets.get(&version));
+        let keys = match (&self.store, derived) {
+            (_, Some(secret)) => {
+                let key = derive_key(secret, version, agency);
                 self.cache
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert((version, agency.to_owned()), key);
                 return Ok(key);
             }
+            (Some(keys), None) if version == 0 => keys,
             _ => {
                 return Err(TokenError::UnknownVersion {
                     asked: version,

@@ -31,7 +31,8 @@ pub struct ClusterSection {
     pub key_version: u32,
     /// Earlier key versions still answered by Tokenize when a call asks for one
     /// (`key_version` in TokenizeRequest) during an announced overlap; remove them when
-    /// the overlap ends.
+    /// the overlap ends. Version 0 is a single node's random keys in its store, for the
+    /// overlap of its move to a master secret (only that node has them).
     #[serde(default)]
     pub previous_keys: Vec<PreviousKey>,
     /// The cluster's Apache Kafka (the shared state). Optional until the shared event log
@@ -226,7 +227,13 @@ impl ClusterSection {
         self.instance_id.clone().or_else(host_name)
     }
 
-    /// Reads every master secret of the section (current and previous versions).
+    /// Whether the store's random keys (version 0) are answered during an overlap.
+    pub fn keeps_store_keys(&self) -> bool {
+        self.previous_keys.iter().any(|p| p.version == 0)
+    }
+
+    /// Reads every master secret of the section (current and previous versions; version
+    /// 0 has none).
     pub fn keyring(&self) -> Result<TokenKeyring, Vec<String>> {
         let mut errors = Vec::new();
         let mut secrets = BTreeMap::new();
@@ -242,6 +249,10 @@ impl ClusterSection {
                 .master_secret_file
                 .as_deref()
                 .unwrap_or(&self.master_secret_file);
+            if p.version == 0 {
+                // The store's random keys, read by the hub from its own store.
+                continue;
+            }
             if p.master_secret_file.is_none() {
                 if let Some(s) = secrets.get(&self.key_version) {
                     secrets.insert(p.version, s.clone());
@@ -301,11 +312,17 @@ impl ClusterSection {
             );
         }
         for (i, p) in self.previous_keys.iter().enumerate() {
-            if p.version == 0 || p.version >= self.key_version {
+            if p.version >= self.key_version {
                 errors.push(format!(
-                    "cluster.previous_keys[{i}].version: {} must be at least 1 and below \
-                     key_version {}",
+                    "cluster.previous_keys[{i}].version: {} must be below key_version {}",
                     p.version, self.key_version
+                ));
+            }
+            if p.version == 0 && p.master_secret_file.is_some() {
+                errors.push(format!(
+                    "cluster.previous_keys[{i}].master_secret_file: version 0 is the store's \
+                     random keys (a single node moving to a master secret) and has no secret \
+                     file; remove master_secret_file"
                 ));
             }
             if let Some(j) = self.previous_keys[..i]
@@ -384,6 +401,34 @@ impl ClusterSection {
             ));
         }
     }
+}
+
+/// The hub's token keys: derived from the section's master secrets (read again here,
+/// never kept in the configuration; the store's random keys too while version 0 is in the
+/// overlap), or the store's random keys without a cluster section.
+pub fn open_tokens(
+    cluster: Option<&ClusterSection>,
+    db: &sled::Db,
+) -> anyhow::Result<crate::events::tokens::Tokens> {
+    use crate::events::tokens::Tokens;
+    let Some(c) = cluster else {
+        return Ok(Tokens::open(db)?);
+    };
+    let ring = c
+        .keyring()
+        .map_err(|e| anyhow::anyhow!("{}", e.join("\n")))?;
+    tracing::info!(
+        message = "cluster mode: token keys derived from the master secret",
+        instance_id = c.instance_id().unwrap_or_default(),
+        key_version = c.key_version,
+        overlap = ?c.previous_keys.iter().map(|p| p.version).collect::<Vec<_>>(),
+        master_secret_file = %c.master_secret_file.display(),
+    );
+    Ok(if c.keeps_store_keys() {
+        Tokens::derived_with_store(ring, db)?
+    } else {
+        Tokens::derived(ring)
+    })
 }
 
 /// `tabadol serve --check --config FILE`: every error of the configuration on stderr, one

@@ -493,19 +493,16 @@ impl EventsService {
         &self,
         caller: &Caller,
         national_codes: &[String],
-        key_version: u32,
+        key_version: Option<u32>,
     ) -> Result<(Vec<String>, u32), HubError> {
-        let version = match key_version {
-            0 => self.tokens.current_version(),
-            v => v,
-        };
+        let version = key_version.unwrap_or_else(|| self.tokens.current_version());
         let answered = self.tokens.versions();
         if !answered.contains(&version) {
             return Err(HubError::Invalid(vec![Violation::new(
                 "key_version",
                 format!(
                     "key version {version} is not answered by this hub; it answers {answered:?} \
-                     (0 = the current version {})",
+                     (without key_version: the current version {})",
                     self.tokens.current_version()
                 ),
             )]));
