@@ -92,12 +92,17 @@ fn serve(env: &DevEnv, root: &Path, name: &str, cluster: &str) -> Served {
     let port = free_port();
     let cfg = root.join(format!("{name}.yaml"));
     std::fs::write(&cfg, serve_yaml(env, &data, port, cluster)).unwrap();
+    // Everything the hub logs, at debug, to check that the secret is never in it.
+    let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
     let child = tabadol()
         .args(["serve", "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,hyper=info,tonic=info,rustls=info,sled=info",
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("tabadol serve starts");
     let mut served = Served {
@@ -108,7 +113,10 @@ fn serve(env: &DevEnv, root: &Path, name: &str, cluster: &str) -> Served {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = served.child.try_wait().unwrap() {
-            panic!("tabadol serve {name} exited: {status}");
+            panic!(
+                "tabadol serve {name} exited: {status}\n{}",
+                std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default()
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -257,6 +265,34 @@ async fn hubs_sharing_a_master_secret_give_the_same_tokens() {
     assert_eq!(e1.subject, t1[0]);
     assert_eq!((e1.key_version, e2.key_version), (1, 1));
     assert_ne!(e3.subject, e1.subject);
+    drop((hub1, hub2, hub3));
+    // Neither the secret nor a derived key is in any hub's store or log, and the store's
+    // key tree stays empty in cluster mode.
+    let hex_secret = hex::encode([0x5au8; 32]);
+    for name in ["hub-1", "hub-2"] {
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+        assert!(log.contains("cluster mode: token keys derived"), "{log}");
+        assert!(
+            !log.contains(&hex_secret),
+            "the secret is in the log of {name}"
+        );
+        for file in walk(&dir.path().join(name)) {
+            let bytes = std::fs::read(&file).unwrap();
+            for needle in [hex_secret.as_bytes(), &[0x5au8; 32][..]] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "the secret is in {}",
+                    file.display()
+                );
+            }
+        }
+        let db = open_stopped(&dir.path().join(name));
+        assert_eq!(
+            db.open_tree("tokens.keys").unwrap().len(),
+            0,
+            "no key stored"
+        );
+    }
 
     // Rotation to version 2 with an overlap: the current tokens differ, version 1 is the
     // other hubs' answer, and a version outside the overlap is refused, naming the field.
@@ -281,7 +317,36 @@ async fn hubs_sharing_a_master_secret_give_the_same_tokens() {
     assert!(refused.message().contains("key version 3"), "{refused:?}");
     let fields = common::violated_fields(&refused);
     assert_eq!(fields, ["key_version"], "{refused:?}");
-    drop((hub1, hub2, hub3, rotated));
+    drop(rotated);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Opens a stopped hub's store (waiting at most 10 s for its lock to go).
+fn open_stopped(data: &Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(data.join("store")) {
+            Ok(db) => return db,
+            Err(e) if Instant::now() > deadline => panic!("store still locked: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// A single node moving to a master secret: its existing random tokens (key version 0)
