@@ -127,6 +127,9 @@ pub const DEV_MASTER_SECRET: &str = "master-secret";
 /// Bytes of master secret at least.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Largest master secret file read (a line of hex; anything longer is not a secret file).
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
 /// A master secret; its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MasterSecret(Vec<u8>);
@@ -168,6 +171,14 @@ pub fn read_master_secret(field: &str, path: &Path) -> Result<MasterSecret, Stri
              owned by the hub's user",
             path.display(),
             path.display()
+        ));
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{field}: {} is {} bytes long; a master secret file holds one line of hex \
+             (`openssl rand -hex 32`), at most {MAX_SECRET_FILE_BYTES} bytes",
+            path.display(),
+            meta.len()
         ));
     }
     let text = std::fs::read_to_string(path)
@@ -546,6 +557,11 @@ mod tests {
         std::fs::write(&p, "not hex at all").unwrap();
         let err = read_master_secret("f", &p).unwrap_err();
         assert!(err.contains("hex characters only"), "{err}");
+        std::fs::write(&p, "ab".repeat(4096)).unwrap();
+        let err = read_master_secret("f", &p).unwrap_err();
+        assert!(err.contains("8192 bytes long"), "{err}");
+        let err = read_master_secret("f", Path::new("/dev/null")).unwrap_err();
+        assert!(err.contains("is not a file"), "{err}");
     }
 
     #[test]
