@@ -212,6 +212,7 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  policy:    {policy}\
          \n  signed:    {dir}/signatures.yaml (every grant signed by its provider and the secretariat;\
          \n             check them: tabadol policy check {policy} --dev {dir})\
+         \n  tokens:    derived from {dir}/master-secret (mode 0600; same file, same tokens, as in a cluster)\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
          \n             {more}\
          \n\nTry it:\
