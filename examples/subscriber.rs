@@ -184,6 +184,7 @@ async fn tokenize(
     for batch in valid.chunks(TOKENIZE_BATCH) {
         let request = TokenizeRequest {
             national_codes: batch.iter().map(|c| c.national_code.clone()).collect(),
+            ..Default::default()
         };
         let mut attempt = 0;
         let tokens = loop {

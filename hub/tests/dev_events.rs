@@ -56,6 +56,7 @@ async fn simulated_registry_trickle_reaches_subscribers() {
     let token = cbi
         .tokenize(TokenizeRequest {
             national_codes: vec![nc.clone()],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -150,6 +150,7 @@ async fn tokenize(hub: &TestHub, agency: &str, codes: &[String]) -> Vec<String> 
         .await
         .tokenize(TokenizeRequest {
             national_codes: codes.to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("{agency} tokenizes: {e}"))
@@ -499,6 +500,7 @@ async fn tokenize_for_subscribers_only_and_validated() {
             .await
             .tokenize(TokenizeRequest {
                 national_codes: vec![a.clone()],
+                ..Default::default()
             })
             .await
             .expect_err("not a subscriber");
@@ -517,6 +519,7 @@ async fn tokenize_for_subscribers_only_and_validated() {
     let err = cbi
         .tokenize(TokenizeRequest {
             national_codes: vec![a.clone(), bad_checksum(&b), a.clone(), "abc".into()],
+            ..Default::default()
         })
         .await
         .expect_err("invalid codes");
@@ -530,6 +533,7 @@ async fn tokenize_for_subscribers_only_and_validated() {
     let err = cbi
         .tokenize(TokenizeRequest {
             national_codes: too_many,
+            ..Default::default()
         })
         .await
         .expect_err("more than 1000");
@@ -539,6 +543,7 @@ async fn tokenize_for_subscribers_only_and_validated() {
     let err = cbi
         .tokenize(TokenizeRequest {
             national_codes: vec![],
+            ..Default::default()
         })
         .await
         .expect_err("none");
@@ -563,6 +568,7 @@ async fn tokenize_is_rate_limited_per_agency() {
         match cbi
             .tokenize(TokenizeRequest {
                 national_codes: nc.clone(),
+                ..Default::default()
             })
             .await
         {
@@ -597,6 +603,7 @@ async fn tokenize_calls_are_audited() {
         .await
         .tokenize(TokenizeRequest {
             national_codes: vec![nc.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("cra is no subscriber");
@@ -605,6 +612,7 @@ async fn tokenize_calls_are_audited() {
         .await
         .tokenize(TokenizeRequest {
             national_codes: vec![bad_checksum(&nc)],
+            ..Default::default()
         })
         .await
         .expect_err("bad code");
@@ -925,6 +933,7 @@ impl QuotaHarness {
         use tabadol_proto::v1::events_server::Events;
         let mut r = tonic::Request::new(TokenizeRequest {
             national_codes: codes.to_vec(),
+            ..Default::default()
         });
         r.extensions_mut().insert(tabadol_hub::edge::tls::PeerInfo {
             remote: "127.0.0.1:1".parse().unwrap(),

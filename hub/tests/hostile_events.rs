@@ -248,6 +248,7 @@ async fn other_calls_authorize_first_and_bound_their_fields() {
     let err = nocr
         .tokenize(TokenizeRequest {
             national_codes: vec![huge.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("NOCR subscribes to nothing");
@@ -262,6 +263,7 @@ async fn other_calls_authorize_first_and_bound_their_fields() {
     let err = cbi
         .tokenize(TokenizeRequest {
             national_codes: vec![huge.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("a megabyte national code");
@@ -337,6 +339,7 @@ async fn persian_digits_are_accepted_and_normalized() {
     let tokens = cbi
         .tokenize(TokenizeRequest {
             national_codes: vec![nc.clone(), persian(&nc)],
+            ..Default::default()
         })
         .await
         .expect("Persian digits tokenize")
@@ -379,6 +382,7 @@ async fn invisible_characters_are_refused_saying_so() {
         .await
         .tokenize(TokenizeRequest {
             national_codes: vec![format!("\u{200F}{nc}")],
+            ..Default::default()
         })
         .await
         .expect_err("refused");

@@ -471,6 +471,7 @@ async fn tokens(hub: &TestHub, agency: &str, ncs: &[String]) -> Vec<String> {
         .await
         .tokenize(TokenizeRequest {
             national_codes: ncs.to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -561,6 +562,8 @@ async fn relay_fans_out_tokenized_events_to_each_subscriber_topic() {
             assert_eq!(r.headers["ce_subject"], r.key);
             assert!(r.headers.contains_key("ce_time"));
             assert_eq!(r.event.subject, r.key);
+            // The harness runs on the dev master secret: token key version 1.
+            assert_eq!(r.event.key_version, 1, "the payload names its key version");
             assert_eq!(r.event.id, r.headers["ce_id"]);
             assert_eq!(r.event.r#type, "death.v1");
             assert_eq!(r.event.sequence.to_string(), r.headers["tabadol_sequence"]);
@@ -856,6 +859,7 @@ async fn broker_killed_with_deliveries_in_flight_loses_nothing_and_keeps_order_p
     let cbi_tokens = child_client(&harness, hub_port.port, "cbi")
         .tokenize(TokenizeRequest {
             national_codes: ncs.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -179,6 +179,8 @@ pub fn for_subscriber(ev: &StoredEvent, token: String) -> Event {
         }),
         sequence: ev.seq,
         source: source(&ev.publisher),
+        // The callers set the version of the key `token` was made with.
+        key_version: 0,
     }
 }
 

@@ -510,7 +510,11 @@ impl Relay {
                         break 'events;
                     }
                 };
-                let payload = for_subscriber(ev, token.clone()).encode_to_vec();
+                let payload = tabadol_proto::v1::Event {
+                    key_version: self.tokens.current_version(),
+                    ..for_subscriber(ev, token.clone())
+                }
+                .encode_to_vec();
                 let time = jiff::Timestamp::from_microsecond(ev.accepted_at_micros)
                     .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
                     .to_string();

@@ -1,5 +1,8 @@
 //! Per-subscriber tokens for persons: HMAC-SHA256 of the national code under a secret
-//! that only the hub holds (kept in the store, created on first use, never sent). Two
+//! that only the hub holds, never sent: on a single-node hub a random key per subscriber
+//! kept in the store (created on first use, key version 0); with a `cluster:` section a key
+//! derived with HKDF-SHA256 from the master secret, the key version and the subscriber, so
+//! every hub with the same secret gives the same tokens and no key is stored. Two
 //! subscribers get different tokens for the same person, and nobody without the secret
 //! can brute-force the 10-digit space offline.
 //!
@@ -28,57 +31,149 @@ pub enum TokenError {
     Store(#[from] sled::Error),
     #[error("stored token key of {0} is malformed")]
     BadKey(String),
+    /// A key version this hub does not answer (not current, not in the overlap).
+    #[error("token key version {asked} is not answered by this hub; it answers {answered:?}")]
+    UnknownVersion { asked: u32, answered: Vec<u32> },
+}
+
+/// Salt of the HKDF extraction (fixed: the master secret is the only secret input).
+const HKDF_SALT: &[u8] = b"tabadol token keys";
+
+/// The key of `agency` at `version` under `secret`: HKDF-SHA256 expanded with the info
+/// `tabadol/token-key/v<version>/<agency>`.
+pub fn derive_key(
+    secret: &crate::ops::cluster::MasterSecret,
+    version: u32,
+    agency: &str,
+) -> [u8; 32] {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(HKDF_SALT), secret.expose());
+    let mut okm = [0u8; 32];
+    hk.expand(
+        format!("tabadol/token-key/v{version}/{agency}").as_bytes(),
+        &mut okm,
+    )
+    .expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
 }
 
 /// Token keys per subscriber agency.
 pub struct Tokens {
-    keys: sled::Tree,
-    cache: RwLock<HashMap<String, [u8; 32]>>,
+    /// The store's random keys (key version 0): single-node mode, or a single node moving
+    /// to a master secret during the announced overlap (`previous_keys: [{version: 0}]`).
+    store: Option<sled::Tree>,
+    /// The master secrets of the derived versions (cluster mode).
+    ring: Option<crate::ops::cluster::TokenKeyring>,
+    cache: RwLock<HashMap<(u32, String), [u8; 32]>>,
 }
 
 impl Tokens {
+    /// Random keys kept in the store (single-node mode, key version 0).
     pub fn open(db: &sled::Db) -> Result<Self, TokenError> {
         Ok(Self {
-            keys: db.open_tree(TREE_KEYS)?,
+            store: Some(db.open_tree(TREE_KEYS)?),
+            ring: None,
             cache: RwLock::new(HashMap::new()),
         })
     }
 
-    fn key(&self, agency: &str) -> Result<[u8; 32], TokenError> {
+    /// Keys derived from the master secrets of `keyring` (cluster mode); nothing stored.
+    pub fn derived(keyring: crate::ops::cluster::TokenKeyring) -> Self {
+        Self {
+            store: None,
+            ring: Some(keyring),
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Derived keys, and during the overlap of a move from the store's random keys also
+    /// version 0 from `db` (a single node's existing tokens).
+    pub fn derived_with_store(
+        keyring: crate::ops::cluster::TokenKeyring,
+        db: &sled::Db,
+    ) -> Result<Self, TokenError> {
+        Ok(Self {
+            store: Some(db.open_tree(TREE_KEYS)?),
+            ring: Some(keyring),
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The key version of events and of Tokenize calls that ask for none (0: the store's
+    /// random keys).
+    pub fn current_version(&self) -> u32 {
+        self.ring.as_ref().map_or(0, |k| k.current)
+    }
+
+    /// Every key version answered.
+    pub fn versions(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.store.iter().map(|_| 0).collect();
+        if let Some(k) = &self.ring {
+            v.extend(k.secrets.keys().copied());
+        }
+        v
+    }
+
+    fn key(&self, version: u32, agency: &str) -> Result<[u8; 32], TokenError> {
         if let Some(k) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(agency)
+            .get(&(version, agency.to_owned()))
         {
             return Ok(*k);
         }
+        let derived = self.ring.as_ref().and_then(|r| r.secrets.get(&version));
+        let keys = match (&self.store, derived) {
+            (_, Some(secret)) => {
+                let key = derive_key(secret, version, agency);
+                self.cache
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((version, agency.to_owned()), key);
+                return Ok(key);
+            }
+            (Some(keys), None) if version == 0 => keys,
+            _ => {
+                return Err(TokenError::UnknownVersion {
+                    asked: version,
+                    answered: self.versions(),
+                })
+            }
+        };
         let fresh: [u8; 32] = rand::random();
         // First writer wins, so concurrent first uses agree on one key.
-        let stored =
-            match self
-                .keys
-                .compare_and_swap(agency, None as Option<&[u8]>, Some(&fresh[..]))?
-            {
-                Ok(()) => {
-                    self.keys.flush()?;
-                    fresh
-                }
-                Err(current) => current
-                    .current
-                    .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok())
-                    .ok_or_else(|| TokenError::BadKey(agency.to_owned()))?,
-            };
+        let stored = match keys.compare_and_swap(agency, None as Option<&[u8]>, Some(&fresh[..]))? {
+            Ok(()) => {
+                keys.flush()?;
+                fresh
+            }
+            Err(current) => current
+                .current
+                .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok())
+                .ok_or_else(|| TokenError::BadKey(agency.to_owned()))?,
+        };
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(agency.to_owned(), stored);
+            .insert((0, agency.to_owned()), stored);
         Ok(stored)
     }
 
-    /// The token of `national_code` for `agency` (64 hex characters).
+    /// The token of `national_code` for `agency` (64 hex characters) at the current key
+    /// version.
     pub fn token(&self, agency: &str, national_code: &str) -> Result<String, TokenError> {
-        let key = self.key(agency)?;
+        self.token_at(self.current_version(), agency, national_code)
+    }
+
+    /// The token of `national_code` for `agency` at key `version` (current or in the
+    /// announced overlap).
+    pub fn token_at(
+        &self,
+        version: u32,
+        agency: &str,
+        national_code: &str,
+    ) -> Result<String, TokenError> {
+        let key = self.key(version, agency)?;
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key size");
         mac.update(national_code.as_bytes());
         Ok(hex::encode(mac.finalize().into_bytes()))
@@ -281,5 +376,55 @@ mod tests {
         let t = Tokens::open(&db).unwrap();
         assert_eq!(t.token("cbi", "0012345679").unwrap(), a1);
         assert_ne!(t.token("cbi", "0012345680").unwrap(), a1);
+    }
+
+    fn ring(current: u32, secrets: &[(u32, u8)]) -> crate::ops::cluster::TokenKeyring {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for (v, b) in secrets {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.path().join(format!("s{v}"));
+            std::fs::write(&p, hex::encode([*b; 32])).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            out.insert(
+                *v,
+                crate::ops::cluster::read_master_secret("f", &p).unwrap(),
+            );
+        }
+        crate::ops::cluster::TokenKeyring {
+            current,
+            secrets: out,
+        }
+    }
+
+    /// Derived keys: the same secret gives the same tokens (two hubs), another secret or
+    /// another version different ones, agencies differ, and an unlisted version is refused.
+    #[test]
+    fn derived_tokens_depend_on_secret_version_and_agency_only() {
+        let a = Tokens::derived(ring(2, &[(1, 7), (2, 7)]));
+        let b = Tokens::derived(ring(2, &[(1, 7), (2, 7)]));
+        let other = Tokens::derived(ring(2, &[(2, 8)]));
+        let nc = "0012345679";
+        let t = a.token("cbi", nc).unwrap();
+        assert_eq!(t, b.token("cbi", nc).unwrap());
+        assert_eq!(t, a.token_at(2, "cbi", nc).unwrap());
+        assert_ne!(t, a.token_at(1, "cbi", nc).unwrap(), "versions differ");
+        assert_ne!(t, other.token("cbi", nc).unwrap(), "secrets differ");
+        assert_ne!(t, a.token("ihio", nc).unwrap(), "agencies differ");
+        assert_eq!(a.current_version(), 2);
+        match other.token_at(1, "cbi", nc) {
+            Err(TokenError::UnknownVersion { asked: 1, answered }) => assert_eq!(answered, [2]),
+            r => panic!("{r:?}"),
+        }
+        // HMAC-SHA256 under the HKDF-SHA256 key, checked against the crates directly.
+        let key = {
+            let hk = hkdf::Hkdf::<Sha256>::new(Some(b"tabadol token keys"), &[7u8; 32]);
+            let mut k = [0u8; 32];
+            hk.expand(b"tabadol/token-key/v2/cbi", &mut k).unwrap();
+            k
+        };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(nc.as_bytes());
+        assert_eq!(t, hex::encode(mac.finalize().into_bytes()));
     }
 }

@@ -18,7 +18,6 @@ use crate::edge::tls::{TlsEdge, TlsFiles};
 use crate::events::manifests::{ManifestStore, ManifestTask};
 use crate::events::outbox::Outbox;
 use crate::events::relay::{RelayHandle, RelayOptions};
-use crate::events::tokens::Tokens;
 use crate::inquiry::audit::Audit;
 use crate::inquiry::checkpoint::CheckpointSigner;
 use crate::inquiry::pipeline::Hub;
@@ -202,7 +201,7 @@ pub async fn start(
     let hub = Arc::new(hub);
     // An acknowledged event survives a power loss: publish flushes are fsynced too.
     let outbox = Arc::new(Outbox::open(&db)?.fsync_on_publish(store.join("db")));
-    let tokens = Arc::new(Tokens::open(&db)?);
+    let tokens = Arc::new(crate::ops::cluster::open_tokens(cfg.cluster.as_ref(), &db)?);
     let kafka_opts = cfg.kafka.as_ref().map(|k| {
         let mut opts = RelayOptions::new(k.brokers.clone());
         opts.message_timeout = Duration::from_millis(k.message_timeout_ms);

@@ -27,6 +27,10 @@ pub enum Command {
         /// YAML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Only validate the configuration (files, policy, cluster section, master secret)
+        /// and report every error at once; bind nothing, open no store. Exit 0 when usable.
+        #[arg(long)]
+        check: bool,
     },
     /// Run the hub on its embedded default: dev PKI, provider simulators, sled store.
     Dev {
@@ -300,7 +304,10 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, check } => {
+            if check {
+                return Ok(crate::ops::cluster::check_command(&config));
+            }
             let (cfg, policy) = crate::ops::config::Config::load(&config).map_err(|e| {
                 anyhow::anyhow!("configuration {} is not usable:\n{e}", config.display())
             })?;

@@ -41,6 +41,10 @@ pub struct Config {
     /// Signed grants: where the signatures are and whether they are required.
     #[serde(default)]
     pub policy: crate::ops::signed::PolicySection,
+    /// Cluster mode: several hubs sharing token keys (and later Kafka state); without it
+    /// the hub runs single-node with random token keys in its store.
+    #[serde(default)]
+    pub cluster: Option<crate::ops::cluster::ClusterSection>,
     /// The admin listener (metrics, dashboard, reports); off when the section is absent.
     #[serde(default)]
     pub admin: Option<crate::ops::admin::AdminSection>,
@@ -561,6 +565,9 @@ impl Config {
             fix(p);
         }
         fix(&mut self.data_dir);
+        if let Some(c) = &mut self.cluster {
+            c.resolve_relative(base);
+        }
         fix(&mut self.tls.ca);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
@@ -721,6 +728,9 @@ impl Config {
             k.validate(&mut errors);
         }
         self.limits.validate(&mut errors);
+        if let Some(c) = &self.cluster {
+            c.validate(&mut errors);
+        }
         errors.extend(self.audit.problems());
         errors.dedup();
         match (errors.is_empty(), policy) {

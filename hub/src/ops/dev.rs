@@ -142,6 +142,14 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
     for (id, sim) in &simulators.session26 {
         providers.push(ProviderSection::new(*id, "http", sim.base_url()));
     }
+    // Tokens derived from a master secret kept beside the PKI (mode 0600), as in a
+    // cluster: a dev hub restarted on the same --dir gives the same tokens.
+    let master_secret = opts.dir.join(crate::ops::cluster::DEV_MASTER_SECRET);
+    if crate::ops::cluster::ensure_master_secret(&master_secret)
+        .with_context(|| format!("writing {}", master_secret.display()))?
+    {
+        tracing::info!(message = "development master secret written", file = %master_secret.display());
+    }
     let config = Config {
         listen: opts.listen,
         policy_dir,
@@ -182,6 +190,14 @@ pub async fn prepare(opts: &DevOptions) -> anyhow::Result<DevEnv> {
             },
         )),
         telemetry: Default::default(),
+        cluster: Some(crate::ops::cluster::ClusterSection {
+            instance_id: Some("dev".into()),
+            master_secret_file: master_secret,
+            key_version: 1,
+            previous_keys: Vec::new(),
+            kafka: None,
+            topics: Default::default(),
+        }),
     };
     let policy = config.validate()?;
     Ok(DevEnv {
@@ -219,6 +235,7 @@ pub fn banner(env: &DevEnv, addr: SocketAddr) -> String {
          \n  policy:    {policy}\
          \n  signed:    {dir}/signatures.yaml (every grant signed by its provider and the secretariat;\
          \n             check them: tabadol policy check {policy} --dev {dir})\
+         \n  tokens:    derived from {dir}/master-secret (mode 0600; same file, same tokens, as in a cluster)\
          \n  providers: shahkar {s}, civil registry {c}, tax {t}\
          \n             {more}\
          \n\nTry it:\

@@ -259,7 +259,10 @@ fn spawn_stream(
                 };
                 let item = tokens
                     .token(&agency, &ev.national_code)
-                    .map(|t| for_subscriber(&ev, t))
+                    .map(|t| Event {
+                        key_version: tokens.current_version(),
+                        ..for_subscriber(&ev, t)
+                    })
                     .map_err(|e| HubError::Internal(e.to_string()).into());
                 permit.send(item);
                 cursor = ev.seq;
@@ -490,7 +493,20 @@ impl EventsService {
         &self,
         caller: &Caller,
         national_codes: &[String],
-    ) -> Result<Vec<String>, HubError> {
+        key_version: Option<u32>,
+    ) -> Result<(Vec<String>, u32), HubError> {
+        let version = key_version.unwrap_or_else(|| self.tokens.current_version());
+        let answered = self.tokens.versions();
+        if !answered.contains(&version) {
+            return Err(HubError::Invalid(vec![Violation::new(
+                "key_version",
+                format!(
+                    "key version {version} is not answered by this hub; it answers {answered:?} \
+                     (without key_version: the current version {})",
+                    self.tokens.current_version()
+                ),
+            )]));
+        }
         if subscribed_types(&self.hub, &caller.agency).is_empty() {
             return Err(HubError::NotAllowed {
                 agency: caller.agency.clone(),
@@ -539,8 +555,9 @@ impl EventsService {
             .map_err(HubError::TokenizeQuota)?;
         canonical
             .iter()
-            .map(|nc| self.tokens.token(&caller.agency, nc))
+            .map(|nc| self.tokens.token_at(version, &caller.agency, nc))
             .collect::<Result<Vec<_>, _>>()
+            .map(|tokens| (tokens, version))
             .map_err(|e| HubError::Internal(e.to_string()))
     }
 }
@@ -721,18 +738,27 @@ impl Events for EventsService {
         req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
         let caller = super::caller(&self.hub, &req)?;
-        let TokenizeRequest { national_codes } = req.into_inner();
-        match self.tokenize_checked(&caller, &national_codes) {
-            Ok(tokens) => {
+        let TokenizeRequest {
+            national_codes,
+            key_version,
+        } = req.into_inner();
+        match self.tokenize_checked(&caller, &national_codes, key_version) {
+            Ok((tokens, key_version)) => {
                 self.audit(
                     &caller,
                     TOKENIZE,
                     NO_TRACKING,
                     "ok",
-                    format!("tokenized {} national codes", tokens.len()),
+                    format!(
+                        "tokenized {} national codes (key version {key_version})",
+                        tokens.len()
+                    ),
                 )
                 .await?;
-                Ok(Response::new(TokenizeResponse { tokens }))
+                Ok(Response::new(TokenizeResponse {
+                    tokens,
+                    key_version,
+                }))
             }
             Err(e) => Err(self.refuse(&caller, TOKENIZE, NO_TRACKING, e).await),
         }
