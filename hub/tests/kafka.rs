@@ -1003,12 +1003,12 @@ async fn daily_manifest_is_produced_and_matches_the_events() {
     let today = JalaliDate::in_tehran(jiff::Timestamp::now());
     let outbox = hub.handle.outbox.clone();
     let created = {
-        let tokens = tabadol_hub::events::tokens::Tokens::open(&hub.handle.db).unwrap();
+        // The hub's own token keys (derived from dev's master secret), as the relay uses.
         tabadol_hub::events::manifests::close_day(
             today,
             &hub.handle.hub,
             &outbox,
-            &tokens,
+            &hub.handle.tokens,
             &hub.handle.manifests,
         )
         .unwrap()

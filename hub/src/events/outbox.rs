@@ -671,7 +671,19 @@ mod tests {
             assert_eq!(ob.last_seq(), 2);
             ob.set_cursor("kafka", 1).await.unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's flush threads may hold the closed store's lock for a moment longer.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
         let ob = Outbox::open(&db).unwrap();
         assert_eq!(ob.last_seq(), 2);
         assert_eq!(ob.cursor("kafka").unwrap(), 1);

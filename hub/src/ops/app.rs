@@ -42,6 +42,8 @@ pub struct HubHandle {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub outbox: Arc<Outbox>,
+    /// The subscribers' token keys in force (derived in cluster mode, from the store else).
+    pub tokens: Arc<crate::events::tokens::Tokens>,
     pub relay: Option<RelayHandle>,
     pub manifests: Arc<ManifestStore>,
     /// The TLS edge: its configuration is swapped by [`reload_crls`].
@@ -321,6 +323,7 @@ pub async fn start(
         addr,
         hub,
         outbox,
+        tokens,
         relay,
         manifests,
         tls,
