@@ -14,7 +14,7 @@ use tabadol_policy::Policy;
 use crate::edge::error::HubError;
 use crate::inquiry::audit::Audit;
 use crate::inquiry::layers::{
-    authorize, call,
+    authorize, call, condition,
     guard::{AuditGuard, InFlight},
     limit::Limits,
     maintenance::Schedule,
@@ -105,6 +105,8 @@ pub struct Hub {
     /// Serial numbers (hex, as [`crate::edge::tls::PeerInfo::serial`]) revoked by the
     /// certificate revocation lists in force; replaced whole when the CRLs are reloaded.
     revoked: ArcSwap<std::collections::HashSet<String>>,
+    /// The current version of every published dataset, for conditional grants (R4).
+    datasets: crate::events::datasets::DatasetIndex,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
     /// Inquiries run at once; one more is shed ([`HubError::Overloaded`]).
@@ -128,6 +130,7 @@ impl Hub {
             idle: tokio::sync::Notify::new(),
             changes: tokio::sync::watch::Sender::new(0),
             revoked: ArcSwap::from_pointee(Default::default()),
+            datasets: Default::default(),
             default_deadline: Duration::from_secs(10),
             max_in_flight: usize::MAX,
         }
@@ -186,6 +189,11 @@ impl Hub {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// The published datasets in force (R3), which conditional grants are checked against.
+    pub fn datasets(&self) -> &crate::events::datasets::DatasetIndex {
+        &self.datasets
     }
 
     /// Resolves the agency of a verified certificate common name.
@@ -251,6 +259,9 @@ impl Hub {
             // 4. Authorize before maintenance and limits: an agency without a grant learns
             //    nothing about a provider's schedule and spends no quota.
             let granted = authorize::authorize(&state.policy, caller, &input, at)?;
+            // 4b. Condition (R4): a conditional grant holds only when its dataset says so
+            //     for this request, now; before the schedule and the quota, like authorize.
+            condition::check(&state.policy, &self.datasets, caller, &input, at)?;
             // 5. Maintenance before the limit: a call refused for an announced outage does
             //    not spend the caller's budget.
             state.maintenance.check(service, at)?;

@@ -222,11 +222,23 @@ pub async fn start(
     // Open Subscribe streams would keep a graceful shutdown waiting forever: end them
     // (telling each subscriber where to resume) when shutdown begins.
     let streams = events.streams_stop();
+    // Published datasets (R3): the current versions back in the index before serving, so
+    // conditional grants (R4) hold from the first call.
+    let dataset_store = Arc::new(crate::events::datasets::DatasetStore::open(&db)?);
+    for version in dataset_store.load_all()? {
+        hub.datasets().install(version);
+    }
+    let datasets = crate::edge::grpc::datasets::DatasetsService::new(
+        hub.clone(),
+        dataset_store,
+        streams.watch(),
+    );
     let task = tokio::spawn(crate::edge::server::run(
         listener,
         tls.clone(),
         hub.clone(),
         events,
+        datasets,
         cfg.limits.edge(),
         async move {
             let _ = rx.await;
