@@ -471,6 +471,10 @@ pub struct Grant {
     /// A condition checked against a published dataset before the provider is called (R4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
+    /// The service request (`Inquiry/RequestService`, R16) this grant answers, e.g.
+    /// `sr-0192d7a4-…`; `tabadol policy check --requests DATA_DIR` verifies it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// An agency's subscription to published event types (`subscriptions.yaml`); signed like

@@ -107,6 +107,8 @@ pub struct Hub {
     revoked: ArcSwap<std::collections::HashSet<String>>,
     /// The current version of every published dataset, for conditional grants (R4).
     datasets: crate::events::datasets::DatasetIndex,
+    /// Service requests (R16), set once when the hub is assembled.
+    requests: std::sync::OnceLock<Arc<crate::inquiry::requests::RequestStore>>,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
     /// Inquiries run at once; one more is shed ([`HubError::Overloaded`]).
@@ -131,6 +133,7 @@ impl Hub {
             changes: tokio::sync::watch::Sender::new(0),
             revoked: ArcSwap::from_pointee(Default::default()),
             datasets: Default::default(),
+            requests: Default::default(),
             default_deadline: Duration::from_secs(10),
             max_in_flight: usize::MAX,
         }
@@ -189,6 +192,19 @@ impl Hub {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Gives the hub its service-request store (once, at assembly).
+    pub fn set_requests(&self, store: Arc<crate::inquiry::requests::RequestStore>) {
+        let _ = self.requests.set(store);
+    }
+
+    /// The service-request store (R16).
+    pub fn requests(&self) -> Result<&crate::inquiry::requests::RequestStore, HubError> {
+        self.requests
+            .get()
+            .map(|s| s.as_ref())
+            .ok_or_else(|| HubError::Internal("no service-request store".into()))
     }
 
     /// The published datasets in force (R3), which conditional grants are checked against.

@@ -228,6 +228,7 @@ pub async fn start(
     for version in dataset_store.load_all()? {
         hub.datasets().install(version);
     }
+    hub.set_requests(Arc::new(crate::inquiry::requests::RequestStore::open(&db)?));
     let datasets = crate::edge::grpc::datasets::DatasetsService::new(
         hub.clone(),
         dataset_store,

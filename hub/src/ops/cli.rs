@@ -65,6 +65,9 @@ pub enum Command {
     /// Event tools (on a stopped hub's store).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Service requests from agencies (R16), on a stopped hub's store.
+    #[command(subcommand)]
+    Requests(crate::ops::requests::RequestsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,7 +114,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// Opens the store of a stopped hub, or says why not (none there, or locked by a
     /// running hub).
-    fn open(&self) -> anyhow::Result<sled::Db> {
+    pub(crate) fn open(&self) -> anyhow::Result<sled::Db> {
         let data_dir = match (&self.config, &self.dir) {
             (Some(config), _) => {
                 let (cfg, _) = crate::ops::config::Config::load(config).map_err(|e| {
@@ -170,6 +173,10 @@ pub enum PolicyCommand {
         dir: PathBuf,
         #[command(flatten)]
         signatures: crate::ops::signed::SignatureArgs,
+        /// A stopped hub's data_dir: every grant's `request:` must cite a service request
+        /// of its agency in that hub's store.
+        #[arg(long, value_name = "DATA_DIR")]
+        requests: Option<PathBuf>,
     },
     /// Explain what one agency may do (grants, fields, purposes, approvals; with --ca or
     /// --dev, who consented and approved).
@@ -392,8 +399,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { dir, signatures }) => {
-            crate::ops::signed::check_command(&dir, &signatures)
+        Command::Policy(PolicyCommand::Check {
+            dir,
+            signatures,
+            requests,
+        }) => {
+            let code = crate::ops::signed::check_command(&dir, &signatures)?;
+            let Some(data_dir) = requests else {
+                return Ok(code);
+            };
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            let problems = crate::ops::requests::uncited_requests(&dir, &data_dir)?;
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if problems.is_empty() {
+                println!("service requests: every cited request exists");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Policy(PolicyCommand::Sign(args)) => crate::ops::signed::sign_command(&args),
         Command::Policy(PolicyCommand::Diff(args)) => crate::ops::signed::diff_command(&args),
@@ -484,6 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(EventsCommand::DeadLetters(cmd)) => dead_letters(cmd),
+        Command::Requests(cmd) => crate::ops::requests::requests_command(cmd),
     }
 }
 

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod pki;
+pub mod requests;
 pub mod signed;
