@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod diff;
 pub mod pki;
 pub mod requests;
 pub mod signed;

@@ -688,6 +688,10 @@ pub fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             println!("{l}");
         }
     }
+    // What each change does to access, with the approval it cites (ops/diff.rs).
+    if crate::ops::diff::print(&crate::ops::diff::changes(&old, &new)) {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
