@@ -87,6 +87,32 @@ async fn request_listed_closed_and_cited_by_a_grant() {
     let (ok, out, err) = run(&["requests", "show", "--dir", &data, &id]);
     assert!(ok, "{err}");
     assert!(out.contains("meter-point addresses"), "{out}");
+    // `policy explain` shows the agency's open request, and a grant's condition.
+    let shipped = common::policy_dir();
+    let shipped = shipped.to_str().unwrap();
+    let (ok, out, err) = run(&[
+        "policy",
+        "explain",
+        "--dir",
+        shipped,
+        "moe",
+        "--requests",
+        &data,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("open service request {id}"))
+            && out.contains("meter-point addresses by postal code (from post)")
+            && out.contains("rate: 50/s, burst 100"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["policy", "explain", "--dir", shipped, "ipo"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("condition: input `enterprise_id` listed-at-request-time in dataset ipo.divestment-list")
+            && out.contains("publishes dataset ipo.divestment-list"),
+        "{out}"
+    );
     let (ok, out, err) = run(&[
         "requests",
         "close",

@@ -186,6 +186,9 @@ pub enum PolicyCommand {
         agency: String,
         #[command(flatten)]
         signatures: crate::ops::signed::SignatureArgs,
+        /// A stopped hub's data_dir: also list the agency's open service requests.
+        #[arg(long, value_name = "DATA_DIR")]
+        requests: Option<PathBuf>,
     },
     /// Sign a grant or subscription as its provider (consent) or the secretariat
     /// (approval), or withdraw it (--withdraw): a JWS into the signatures file.
@@ -428,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             agency,
             signatures,
+            requests,
         }) => {
             let signed = crate::ops::signed::explain_lines(&dir, &signatures)?;
             let policy = match &signed {
@@ -451,6 +455,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     g.purposes,
                     crate::inquiry::pipeline::approval_text(&g.approved)
                 );
+                for line in crate::ops::explain::grant_lines(g) {
+                    println!("{line}");
+                }
                 if signed.is_some() {
                     println!(
                         "      signatures: {}",
@@ -464,6 +471,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for line in crate::ops::signed::withdrawn_lines(report, &a.id) {
                     println!("{line}");
                 }
+            }
+            for line in crate::ops::explain::agency_lines(&policy, &a.id, requests.as_deref())? {
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod diff;
+pub mod explain;
 pub mod pki;
 pub mod requests;
 pub mod signed;
