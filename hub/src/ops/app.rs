@@ -182,6 +182,7 @@ pub async fn start(
             .collect();
         opts
     });
+    let kafka_opts_datasets = kafka_opts.clone();
     let relay = match &kafka_opts {
         Some(opts) => Some(crate::events::relay::spawn(
             opts.clone(),
@@ -227,6 +228,10 @@ pub async fn start(
     let dataset_store = Arc::new(crate::events::datasets::DatasetStore::open(&db)?);
     for version in dataset_store.load_all()? {
         hub.datasets().install(version);
+    }
+    if let Some(opts) = &kafka_opts_datasets {
+        // Each reader's compacted topic; the task ends when shutdown begins.
+        crate::events::dataset_relay::spawn(opts.clone(), hub.clone(), &db, streams.watch())?;
     }
     hub.set_requests(Arc::new(crate::inquiry::requests::RequestStore::open(&db)?));
     let datasets = crate::edge::grpc::datasets::DatasetsService::new(
