@@ -131,3 +131,46 @@ fn diff_names_each_kind_of_change_and_fails_on_unapproved_widening() {
         "{err}"
     );
 }
+
+/// `policy diff --git REV DIR` compares DIR as committed at REV with its working copy.
+#[test]
+fn diff_against_a_git_revision() {
+    let repo = copy_policy();
+    let p = repo.path();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(p)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "policy"]);
+    edit(
+        p,
+        "grants.yaml",
+        "    fields: [matched]\n    purposes: [customer-verification]\n",
+        "    fields: [matched]\n    purposes: [customer-verification, marketing]\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tabadol"))
+        .args(["policy", "diff", "--git", "HEAD"])
+        .arg(p)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("[widened] grant moe-shahkar: purpose `marketing` added")
+            && stdout.contains("UNAPPROVED WIDENING"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

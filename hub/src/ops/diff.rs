@@ -240,6 +240,62 @@ fn grant_changes(o: &Grant, g: &Grant, out: &mut Vec<Change>) {
     }
 }
 
+/// A policy directory checked out from git; removed when dropped.
+pub struct Checkout(std::path::PathBuf);
+
+impl Checkout {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The policy files of `dir` as committed at `rev` (`git show REV:./FILE`, run in `dir`),
+/// in a temporary directory; a file absent at `rev` is left out (subscriptions.yaml is
+/// optional).
+pub fn checkout(dir: &std::path::Path, rev: &str) -> anyhow::Result<Checkout> {
+    use tabadol_policy::load::{AGENCIES_FILE, GRANTS_FILE, SERVICES_FILE, SUBSCRIPTIONS_FILE};
+    if rev.starts_with('-') {
+        anyhow::bail!("--git `{rev}` is not a revision");
+    }
+    let tmp = Checkout(std::env::temp_dir().join(format!(
+        "tabadol-policy-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7()
+    )));
+    std::fs::create_dir(&tmp.0)?;
+    for file in [
+        AGENCIES_FILE,
+        SERVICES_FILE,
+        GRANTS_FILE,
+        SUBSCRIPTIONS_FILE,
+        "secretariat.yaml",
+    ] {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .arg("show")
+            .arg(format!("{rev}:./{file}"))
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run git: {e}"))?;
+        if out.status.success() {
+            std::fs::write(tmp.path().join(file), out.stdout)?;
+        } else if file != SUBSCRIPTIONS_FILE && file != "secretariat.yaml" {
+            anyhow::bail!(
+                "git show {rev}:./{file} in {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(tmp)
+}
+
 /// Prints the changes per agency; true when some widening cites no new approval.
 pub fn print(changes: &[Change]) -> bool {
     let mut by_agency: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
