@@ -229,6 +229,16 @@ async fn publish_valid_and_invalid_lists() {
 async fn conditional_insurance_list_follows_the_monthly_list() {
     let hub = TestHub::start().await;
     let e = enterprises(&hub);
+    // ListServices tells ipo its grant is conditional.
+    let services = InquiryClient::new(hub.channel("ipo").await)
+        .list_services(tabadol_proto::v1::ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        services.services[0].condition,
+        "input `enterprise_id` listed-at-request-time in dataset ipo.divestment-list"
+    );
     // Before any version: nothing is listed.
     let err = insurance_list(&hub, &e[0], "TRK-DS-0000")
         .await

@@ -1101,6 +1101,19 @@ impl Checker {
             }
             self.check_rate(l, i, &g.rate, &who);
             self.check_approval(l, i, &g.approved, &who);
+            if let Some(r) = &g.request {
+                let ok = r.len() <= MAX_ID_CHARS
+                    && r.starts_with("sr-")
+                    && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !ok {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("request")],
+                        format!("{who}: request `{}` is not a service request id; copy it from `tabadol requests list` (it starts with `sr-`)", clip(r, 40)),
+                    );
+                }
+            }
             if let Some(c) = &g.condition {
                 let service = catalog.get(g.service.as_str()).map(|(s, _)| *s);
                 self.check_condition(l, i, c, service, agencies, &who);

@@ -130,3 +130,18 @@ fn bad_datasets_and_conditions_are_positioned() {
     .unwrap();
     assert!(ok.grants[0].condition.is_some());
 }
+
+/// A grant's `request:` must look like a service request id (`sr-…`).
+#[test]
+fn request_citation_must_be_a_request_id() {
+    let cond = "{ dataset: ipo.divestment-list, key: enterprise_id, rule: listed-at-request-time }\n    request: 'see letter 12'";
+    let errors = load(&AGENCIES.replace(", nobody", ""), &grants(cond)).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("p/grants.yaml:8:") && errors[0].contains("not a service request id"),
+        "{errors:#?}"
+    );
+    let cond = "{ dataset: ipo.divestment-list, key: enterprise_id, rule: listed-at-request-time }\n    request: sr-0192d7a4-1b2c";
+    let ok = load(&AGENCIES.replace(", nobody", ""), &grants(cond)).unwrap();
+    assert_eq!(ok.grants[0].request.as_deref(), Some("sr-0192d7a4-1b2c"));
+}

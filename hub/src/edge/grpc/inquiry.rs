@@ -216,6 +216,18 @@ impl Inquiry for InquiryService {
                         None => format!("{} – {}", w.from, w.until),
                     })
                     .collect(),
+                condition: g
+                    .condition
+                    .as_ref()
+                    .map(|c| {
+                        format!(
+                            "input `{}` {} in dataset {}",
+                            c.key,
+                            c.rule.as_str(),
+                            c.dataset
+                        )
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         let open_requests = self
