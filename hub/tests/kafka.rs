@@ -1933,5 +1933,27 @@ async fn dataset_versions_reach_each_reader_topic_keyed_by_enterprise() {
         .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
         .unwrap();
     assert_eq!(md.topics()[0].partitions().len(), 1);
+    // Created compacted: the latest record per enterprise is what a new reader gets.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", broker.addr())
+            .create()
+            .unwrap();
+    let configs = admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(TOPIC)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let config = configs.into_iter().next().unwrap().expect("topic config");
+    assert_eq!(
+        config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref()),
+        Some("compact"),
+        "{:?}",
+        config.entries
+    );
     hub.stop().await;
 }
