@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tabadol/v1/civil_registry.proto",
         "tabadol/v1/tax.proto",
         "tabadol/v1/events.proto",
+        "tabadol/v1/datasets.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

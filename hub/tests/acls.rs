@@ -206,3 +206,24 @@ fn broken_policy_is_refused_with_file_and_line() {
     assert!(stderr.contains(&want), "expected {want} in:\n{stderr}");
     assert!(stderr.contains("nobody"), "{stderr}");
 }
+
+/// A reader of a published dataset (sso, of the divestment list) may read its own topic of
+/// it; no other agency gets that topic.
+#[test]
+fn dataset_readers_read_only_their_own_dataset_topic() {
+    let (_, acls) = shipped();
+    let topic = "tabadol.dataset.ipo.divestment-list.sso";
+    let on_topic: Vec<&Acl> = acls
+        .iter()
+        .filter(|a| a.resource == "topic" && a.name == topic)
+        .collect();
+    let mut ops: Vec<&str> = on_topic.iter().map(|a| a.operation.as_str()).collect();
+    ops.sort_unstable();
+    assert_eq!(ops, ["Describe", "Read"], "{on_topic:?}");
+    assert!(on_topic
+        .iter()
+        .all(|a| a.principal == "User:CN=sso.agency.tabadol.ir" && a.pattern == "literal"));
+    assert!(!acls
+        .iter()
+        .any(|a| a.name.starts_with("tabadol.dataset.") && a.name != topic));
+}

@@ -1919,3 +1919,145 @@ async fn relay_state_shows_in_metrics_and_events_tail() {
     assert_eq!(delivery_of(&tail, second), "delivered", "{tail}");
     hub.stop().await;
 }
+
+/// (key, the record or `None` for a tombstone, the version header) of a dataset topic.
+type DatasetRecord = (String, Option<tabadol_proto::v1::DivestmentRecord>, String);
+
+/// Reads a dataset topic until `seen` holds `want` records (60 s at most).
+async fn read_dataset(c: &StreamConsumer, want: usize, seen: &mut Vec<DatasetRecord>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} records: {seen:?}",
+            seen.len()
+        );
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), c.recv()).await else {
+            continue;
+        };
+        let version = msg
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == "tabadol_dataset_version")
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_default();
+        seen.push((
+            String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+            msg.payload().map(|p| {
+                tabadol_proto::v1::DivestmentRecord::decode(p).expect("a DivestmentRecord")
+            }),
+            version,
+        ));
+    }
+}
+
+/// Datasets on Kafka (R3): a reader of the divestment list gets its own compacted topic
+/// keyed by enterprise id with one protobuf record per enterprise; the next version adds
+/// the new enterprises and a tombstone for one that left the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dataset_versions_reach_each_reader_topic_keyed_by_enterprise() {
+    use tabadol_proto::v1::datasets_client::DatasetsClient;
+    use tabadol_proto::v1::{DivestmentRecord, DivestmentStatus, PublishDatasetRequest};
+    const TOPIC: &str = "tabadol.dataset.ipo.divestment-list.sso";
+    let broker = Broker::start().await;
+    let hub = TestHub::start_with_kafka(Some((&broker.addr(), 10_000))).await;
+    let ids: Vec<String> = (0..3)
+        .map(|i| tabadol_policy::ids::legal_entity_id_from_prefix(&format!("101000000{i}")))
+        .collect();
+    let rec = |id: &str| DivestmentRecord {
+        enterprise_id: id.to_owned(),
+        name: "شرکت نمونه".into(),
+        status: DivestmentStatus::ToBeDivested as i32,
+        last_entry_date: "1403/01/01".into(),
+        exit_date: String::new(),
+        earlier_periods: vec![],
+    };
+    let mut client = DatasetsClient::new(hub.channel("ipo").await);
+    client
+        .publish(PublishDatasetRequest {
+            dataset: "ipo.divestment-list".into(),
+            version: "1403-05".into(),
+            records: vec![rec(&ids[0]), rec(&ids[1])],
+        })
+        .await
+        .unwrap();
+    // The topic appears once the relay has created it.
+    let md_client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let md = md_client
+            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .unwrap();
+        if md
+            .topics()
+            .iter()
+            .any(|t| t.name() == TOPIC && !t.partitions().is_empty() && t.error().is_none())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "topic {TOPIC} never created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = reader(&broker.addr(), &[TOPIC.to_string()]);
+    let mut seen: Vec<DatasetRecord> = Vec::new();
+    read_dataset(&c, 2, &mut seen).await;
+    assert_eq!(seen[0].0, ids[0]);
+    assert_eq!(seen[1].0, ids[1]);
+    assert_eq!(seen[0].1.as_ref().unwrap().enterprise_id, ids[0]);
+    assert_eq!(seen[0].2, "1403-05");
+
+    client
+        .publish(PublishDatasetRequest {
+            dataset: "ipo.divestment-list".into(),
+            version: "1403-06".into(),
+            records: vec![rec(&ids[1]), rec(&ids[2])],
+        })
+        .await
+        .unwrap();
+    read_dataset(&c, 5, &mut seen).await;
+    let second: HashMap<String, bool> = seen[2..]
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.is_some()))
+        .collect();
+    assert_eq!(
+        second,
+        HashMap::from([
+            (ids[0].clone(), false), // left the list: tombstone
+            (ids[1].clone(), true),
+            (ids[2].clone(), true),
+        ])
+    );
+    let md = md_client
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 1);
+    // Created compacted: the latest record per enterprise is what a new reader gets.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", broker.addr())
+            .create()
+            .unwrap();
+    let configs = admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(TOPIC)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let config = configs.into_iter().next().unwrap().expect("topic config");
+    assert_eq!(
+        config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref()),
+        Some("compact"),
+        "{:?}",
+        config.entries
+    );
+    hub.stop().await;
+}

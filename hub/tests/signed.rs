@@ -415,7 +415,17 @@ async fn policy_check_shows_signed_tampered_and_withdrawn_grants() {
         s(&sigs),
     ]);
     println!("{out}{err}");
-    assert!(ok, "{err}");
+    // A purpose added under the approval it already cited is an unapproved widening.
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("1 widening change(s) cite no new approval"),
+        "{err}"
+    );
+    assert!(
+        out.contains("[widened] grant cbi-identity: purpose `marketing` added")
+            && out.contains("UNAPPROVED WIDENING"),
+        "{out}"
+    );
     assert!(
         out.contains("cbi:\n  ~ grant cbi-identity (nocr.identity): `purposes` changed — SIGNATURES NO LONGER MATCH"),
         "{out}"

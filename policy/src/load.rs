@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{Agency, Approval, Grant, InputSpec, Rate, Service, Subscription};
+use crate::model::{Agency, Approval, Grant, InputKind, InputSpec, Rate, Service, Subscription};
 use crate::yaml::{self, Node, Step};
 
 /// File names inside a policy directory.
@@ -736,6 +736,7 @@ impl Checker {
     }
 
     fn check_agencies(&mut self, l: &Loaded<Agency>) {
+        let mut dataset_ids: HashMap<String, String> = HashMap::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut cns: HashMap<&str, &str> = HashMap::new();
         for (i, a) in &l.items {
@@ -800,6 +801,7 @@ impl Checker {
                 );
             }
             self.check_rate(l, *i, &a.rate, &who);
+            self.check_datasets(l, *i, a, &mut dataset_ids);
             let mut seen = HashSet::new();
             for (j, ev) in a.publishes.iter().enumerate() {
                 if !seen.insert(ev) {
@@ -1099,6 +1101,150 @@ impl Checker {
             }
             self.check_rate(l, i, &g.rate, &who);
             self.check_approval(l, i, &g.approved, &who);
+            if let Some(r) = &g.request {
+                let ok = r.len() <= MAX_ID_CHARS
+                    && r.starts_with("sr-")
+                    && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !ok {
+                    self.at(
+                        l,
+                        i,
+                        &[Step::Key("request")],
+                        format!("{who}: request `{}` is not a service request id; copy it from `tabadol requests list` (it starts with `sr-`)", clip(r, 40)),
+                    );
+                }
+            }
+            if let Some(c) = &g.condition {
+                let service = catalog.get(g.service.as_str()).map(|(s, _)| *s);
+                self.check_condition(l, i, c, service, agencies, &who);
+            }
+        }
+    }
+
+    /// The datasets an agency publishes (R3): ids well formed and unique across agencies,
+    /// readers defined.
+    fn check_datasets(
+        &mut self,
+        l: &Loaded<Agency>,
+        i: usize,
+        a: &Agency,
+        seen: &mut HashMap<String, String>,
+    ) {
+        let known = agency_ids(l);
+        for (j, d) in a.datasets.iter().enumerate() {
+            let at = |key| [Step::Key("datasets"), Step::Index(j), Step::Key(key)];
+            if !self.id_ok(l, i, &at("id"), "dataset id", &d.id) {
+                continue;
+            }
+            let allowed =
+                |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
+            if d.id.is_empty() || !d.id.bytes().all(allowed) {
+                self.at(
+                    l,
+                    i,
+                    &at("id"),
+                    format!(
+                        "agency {}: dataset id `{}` must be lowercase letters, digits, `-`, `_` and `.`, e.g. `{}.divestment-list`",
+                        a.id,
+                        clip(&d.id, 40),
+                        a.id
+                    ),
+                );
+                continue;
+            }
+            if let Some(other) = seen.insert(d.id.clone(), a.id.clone()) {
+                self.at(
+                    l,
+                    i,
+                    &at("id"),
+                    format!(
+                        "agency {}: dataset id `{}` is already defined by agency {other}; give every dataset its own id",
+                        a.id, d.id
+                    ),
+                );
+            }
+            for (k, r) in d.readers.iter().enumerate() {
+                if !known.contains(r.as_str()) && !l.broken_ids.contains(r) {
+                    self.at(
+                        l,
+                        i,
+                        &[
+                            Step::Key("datasets"),
+                            Step::Index(j),
+                            Step::Key("readers"),
+                            Step::Index(k),
+                        ],
+                        format!(
+                            "agency {}: dataset {}: reader `{}` is not an agency in agencies.yaml",
+                            a.id,
+                            d.id,
+                            clip(r, MAX_ID_CHARS)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A grant's condition (R4): the dataset exists, and its key is a required
+    /// legal-entity-id input of the service (so every call carries the value it checks).
+    fn check_condition(
+        &mut self,
+        l: &Loaded<Grant>,
+        i: usize,
+        c: &crate::model::Condition,
+        service: Option<&Service>,
+        agencies: &Loaded<Agency>,
+        who: &str,
+    ) {
+        let at = |key| [Step::Key("condition"), Step::Key(key)];
+        let datasets: Vec<&str> = agencies
+            .items
+            .iter()
+            .flat_map(|(_, a)| a.datasets.iter().map(|d| d.id.as_str()))
+            .collect();
+        if agencies.usable
+            && agencies.broken_ids.is_empty()
+            && !datasets.contains(&c.dataset.as_str())
+        {
+            let known = if datasets.is_empty() {
+                "none".to_owned()
+            } else {
+                listed(datasets.iter().copied())
+            };
+            self.at(
+                l,
+                i,
+                &at("dataset"),
+                format!(
+                    "{who}: condition names dataset `{}`, which no agency publishes (datasets: {known})",
+                    clip(&c.dataset, MAX_ID_CHARS)
+                ),
+            );
+        }
+        let Some(s) = service else { return };
+        match s.inputs.iter().find(|x| x.name == c.key) {
+            None => self.at(
+                l,
+                i,
+                &at("key"),
+                format!(
+                    "{who}: condition key `{}` is not an input of service {} (inputs: {})",
+                    clip(&c.key, MAX_ID_CHARS),
+                    s.id,
+                    listed(s.inputs.iter().map(|x| x.name.as_str()))
+                ),
+            ),
+            Some(x) if x.kind != InputKind::LegalEntityId || !x.required => self.at(
+                l,
+                i,
+                &at("key"),
+                format!(
+                    "{who}: condition key `{}` must be a required legal_entity_id input of service {} (the dataset is keyed by enterprise national id)",
+                    c.key, s.id
+                ),
+            ),
+            Some(_) => {}
         }
     }
 

@@ -29,6 +29,77 @@ pub struct Agency {
     /// Event types this agency may publish, e.g. `death.v1`.
     #[serde(default)]
     pub publishes: Vec<String>,
+    /// Datasets this agency publishes periodically through the hub (R3).
+    #[serde(default)]
+    pub datasets: Vec<DatasetDef>,
+}
+
+/// A dataset one agency publishes periodically (`Datasets/Publish`, R3), defined under its
+/// publisher in `agencies.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetDef {
+    /// Stable id, e.g. `ipo.divestment-list`.
+    pub id: String,
+    /// The record schema every version is validated against.
+    pub kind: DatasetKind,
+    /// Persian title.
+    pub title_fa: String,
+    /// English title.
+    pub title_en: String,
+    /// Agencies that may read it (`Datasets/Get`, `Datasets/Subscribe`, a Kafka topic each).
+    #[serde(default)]
+    pub readers: Vec<String>,
+}
+
+/// The record schemas the hub knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// The Privatization Organization's monthly list of enterprises to be divested, being
+    /// divested or divested (session 26): enterprise national id, name, status, last entry
+    /// (required) and exit date, up to three earlier entry/exit periods.
+    DivestmentList,
+}
+
+impl DatasetKind {
+    /// The name used in `agencies.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::DivestmentList => "divestment-list",
+        }
+    }
+}
+
+/// A condition on a grant (R4): the call is answered only when the dataset says so for the
+/// value of one request input.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The dataset consulted, e.g. `ipo.divestment-list`.
+    pub dataset: String,
+    /// The request input whose value keys the dataset, e.g. `enterprise_id`.
+    pub key: String,
+    /// What must hold.
+    pub rule: ConditionRule,
+}
+
+/// The rules a [`Condition`] can state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConditionRule {
+    /// The key is on the list and the time of the request lies within one of its
+    /// entry/exit periods (an open period when no exit date is given).
+    ListedAtRequestTime,
+}
+
+impl ConditionRule {
+    /// The name used in `grants.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionRule::ListedAtRequestTime => "listed-at-request-time",
+        }
+    }
 }
 
 /// Certificate match rule: the subject common name of the agency's client certificate.
@@ -397,6 +468,13 @@ pub struct Grant {
     pub valid_until: Option<JalaliDate>,
     /// The approval this grant rests on.
     pub approved: Approval,
+    /// A condition checked against a published dataset before the provider is called (R4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    /// The service request (`Inquiry/RequestService`, R16) this grant answers, e.g.
+    /// `sr-0192d7a4-…`; `tabadol policy check --requests DATA_DIR` verifies it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// An agency's subscription to published event types (`subscriptions.yaml`); signed like

@@ -146,9 +146,19 @@ fn session_26_services_and_grants_cite_their_items() {
             "month"
         ]
     );
-    assert!(p
+    // Only the Privatization Organization, and only under the divestment-list condition.
+    let holders: Vec<&str> = p
         .agencies()
-        .all(|a| p.grant(&a.id, "sso.insurance-list").is_none()));
+        .filter(|a| p.grant(&a.id, "sso.insurance-list").is_some())
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(holders, ["ipo"]);
+    let g = p.grant("ipo", "sso.insurance-list").unwrap();
+    assert_eq!(g.fields, sso.outputs);
+    assert_eq!(
+        g.condition.as_ref().map(|c| c.dataset.as_str()),
+        Some("ipo.divestment-list")
+    );
     assert!(p.service("ssaa.legal-person").is_some());
 }
 

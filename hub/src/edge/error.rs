@@ -112,6 +112,14 @@ pub enum HubError {
     /// The caller's certificate was revoked by a reloaded certificate revocation list.
     #[error("the client certificate (serial {serial}) has been revoked; ask the national PKI for a new certificate")]
     Revoked { serial: String },
+    /// A conditional grant (R4) whose condition does not hold for this request. Names the
+    /// dataset and the input, never the dataset's content.
+    #[error("the grant for this service is conditional: the value of input `{input}` does not meet `{rule}` in dataset {dataset} at the time of the request")]
+    ConditionNotMet {
+        dataset: String,
+        input: String,
+        rule: &'static str,
+    },
 }
 
 /// The first few violations as one line; the details list them all (up to the cap).
@@ -257,6 +265,7 @@ impl HubError {
             HubError::TokenizeQuota(_) => "quota_exceeded",
             HubError::ShuttingDown { .. } => "unavailable",
             HubError::Revoked { .. } => "unauthenticated",
+            HubError::ConditionNotMet { .. } => "condition_not_met",
         }
     }
 
@@ -338,6 +347,7 @@ impl HubError {
             HubError::TokenizeQuota(_) => Code::ResourceExhausted,
             HubError::ShuttingDown { .. } => Code::Unavailable,
             HubError::Revoked { .. } => Code::Unauthenticated,
+            HubError::ConditionNotMet { .. } => Code::PermissionDenied,
         }
     }
 }
@@ -433,6 +443,18 @@ fn to_status(e: HubError) -> Status {
             ),
         ),
         HubError::TokenizeQuota(q) => quota_status(code, message, q),
+        HubError::ConditionNotMet { dataset, input, .. } => Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(
+                "CONDITION_NOT_MET",
+                DOMAIN,
+                std::collections::HashMap::from([
+                    ("dataset".to_owned(), dataset.clone()),
+                    ("input".to_owned(), input.clone()),
+                ]),
+            ),
+        ),
         _ => Status::new(code, message),
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tabadol_proto::v1::civil_registry_server::CivilRegistryServer;
+use tabadol_proto::v1::datasets_server::DatasetsServer;
 use tabadol_proto::v1::events_server::EventsServer;
 use tabadol_proto::v1::inquiry_server::InquiryServer;
 use tabadol_proto::v1::shahkar_server::ShahkarServer;
@@ -12,6 +13,7 @@ use tabadol_proto::v1::tax_server::TaxServer;
 use tokio::net::TcpListener;
 
 use crate::edge::grpc::civil_registry::CivilRegistryService;
+use crate::edge::grpc::datasets::DatasetsService;
 use crate::edge::grpc::events::EventsService;
 use crate::edge::grpc::inquiry::InquiryService;
 use crate::edge::grpc::shahkar::ShahkarService;
@@ -32,6 +34,7 @@ pub async fn run(
     tls: Arc<crate::edge::tls::TlsEdge>,
     hub: Arc<Hub>,
     events: EventsService,
+    datasets: DatasetsService,
     limits: EdgeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     // grpc.health.v1, its statuses set by `ops/health.rs`.
@@ -73,6 +76,7 @@ pub async fn run(
         .add_service(CivilRegistryServer::new(CivilRegistryService(hub.clone())))
         .add_service(TaxServer::new(TaxService(hub.clone())))
         .add_service(EventsServer::new(events))
+        .add_service(DatasetsServer::new(datasets))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -4,3 +4,4 @@ pub mod audit;
 pub mod checkpoint;
 pub mod layers;
 pub mod pipeline;
+pub mod requests;

@@ -14,7 +14,7 @@ use tabadol_policy::Policy;
 use crate::edge::error::HubError;
 use crate::inquiry::audit::Audit;
 use crate::inquiry::layers::{
-    authorize, call,
+    authorize, call, condition,
     guard::{AuditGuard, InFlight},
     limit::Limits,
     maintenance::Schedule,
@@ -105,6 +105,10 @@ pub struct Hub {
     /// Serial numbers (hex, as [`crate::edge::tls::PeerInfo::serial`]) revoked by the
     /// certificate revocation lists in force; replaced whole when the CRLs are reloaded.
     revoked: ArcSwap<std::collections::HashSet<String>>,
+    /// The current version of every published dataset, for conditional grants (R4).
+    datasets: crate::events::datasets::DatasetIndex,
+    /// Service requests (R16), set once when the hub is assembled.
+    requests: std::sync::OnceLock<Arc<crate::inquiry::requests::RequestStore>>,
     /// Upper bound on any provider call when the caller sets no deadline.
     pub default_deadline: Duration,
     /// Inquiries run at once; one more is shed ([`HubError::Overloaded`]).
@@ -130,6 +134,8 @@ impl Hub {
             idle: tokio::sync::Notify::new(),
             changes: tokio::sync::watch::Sender::new(0),
             revoked: ArcSwap::from_pointee(Default::default()),
+            datasets: Default::default(),
+            requests: Default::default(),
             default_deadline: Duration::from_secs(10),
             max_in_flight: usize::MAX,
             metrics: Default::default(),
@@ -196,6 +202,24 @@ impl Hub {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Gives the hub its service-request store (once, at assembly).
+    pub fn set_requests(&self, store: Arc<crate::inquiry::requests::RequestStore>) {
+        let _ = self.requests.set(store);
+    }
+
+    /// The service-request store (R16).
+    pub fn requests(&self) -> Result<&crate::inquiry::requests::RequestStore, HubError> {
+        self.requests
+            .get()
+            .map(|s| s.as_ref())
+            .ok_or_else(|| HubError::Internal("no service-request store".into()))
+    }
+
+    /// The published datasets in force (R3), which conditional grants are checked against.
+    pub fn datasets(&self) -> &crate::events::datasets::DatasetIndex {
+        &self.datasets
     }
 
     /// Resolves the agency of a verified certificate common name.
@@ -285,6 +309,9 @@ impl Hub {
             // 4. Authorize before maintenance and limits: an agency without a grant learns
             //    nothing about a provider's schedule and spends no quota.
             let granted = authorize::authorize(&state.policy, caller, &input, at)?;
+            // 4b. Condition (R4): a conditional grant holds only when its dataset says so
+            //     for this request, now; before the schedule and the quota, like authorize.
+            condition::check(&state.policy, &self.datasets, caller, &input, at)?;
             // 5. Maintenance before the limit: a call refused for an announced outage does
             //    not spend the caller's budget.
             state.maintenance.check(service, at)?;

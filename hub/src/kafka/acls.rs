@@ -294,6 +294,40 @@ pub fn kafka_acls(policy: &Policy, opts: &AclOptions) -> Result<Vec<AclEntry>, A
             PatternType::Prefixed,
         ));
     }
+    // Readers of published datasets (R3): their own compacted topic of each dataset.
+    for publisher in policy.agencies() {
+        for d in &publisher.datasets {
+            for reader in &d.readers {
+                let Some(agency) = policy.agency(reader) else {
+                    continue;
+                };
+                let principal = agency_principal(f, &agency.id, &agency.certificate.common_name);
+                if principal == opts.hub_principal {
+                    return Err(AclError::AgencyIsHub {
+                        agency: agency.id.clone(),
+                        principal,
+                    });
+                }
+                let t = crate::events::dataset_relay::topic(&d.id, &agency.id);
+                for op in [Operation::Read, Operation::Describe] {
+                    push(AclEntry {
+                        principal: principal.clone(),
+                        operation: op,
+                        resource_type: ResourceType::Topic,
+                        resource_name: t.clone(),
+                        pattern_type: PatternType::Literal,
+                    });
+                }
+                push(AclEntry {
+                    principal: principal.clone(),
+                    operation: Operation::Read,
+                    resource_type: ResourceType::Group,
+                    resource_name: group_prefix(&agency.id),
+                    pattern_type: PatternType::Prefixed,
+                });
+            }
+        }
+    }
     Ok(out)
 }
 

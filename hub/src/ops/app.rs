@@ -216,6 +216,7 @@ pub async fn start(
             .collect();
         opts
     });
+    let kafka_opts_datasets = kafka_opts.clone();
     let relay = match &kafka_opts {
         Some(opts) => Some(crate::events::relay::spawn(
             opts.clone(),
@@ -306,11 +307,28 @@ pub async fn start(
     // Open Subscribe streams would keep a graceful shutdown waiting forever: end them
     // (telling each subscriber where to resume) when shutdown begins.
     let streams = events.streams_stop();
+    // Published datasets (R3): the current versions back in the index before serving, so
+    // conditional grants (R4) hold from the first call.
+    let dataset_store = Arc::new(crate::events::datasets::DatasetStore::open(&db)?);
+    for version in dataset_store.load_all()? {
+        hub.datasets().install(version);
+    }
+    if let Some(opts) = &kafka_opts_datasets {
+        // Each reader's compacted topic; the task ends when shutdown begins.
+        crate::events::dataset_relay::spawn(opts.clone(), hub.clone(), &db, streams.watch())?;
+    }
+    hub.set_requests(Arc::new(crate::inquiry::requests::RequestStore::open(&db)?));
+    let datasets = crate::edge::grpc::datasets::DatasetsService::new(
+        hub.clone(),
+        dataset_store,
+        streams.watch(),
+    );
     let task = tokio::spawn(crate::edge::server::run(
         listener,
         tls.clone(),
         hub.clone(),
         events,
+        datasets,
         cfg.limits.edge(),
         async move {
             let _ = rx.await;

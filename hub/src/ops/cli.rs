@@ -80,6 +80,9 @@ pub enum Command {
     /// Event tools (on a stopped hub's store).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Service requests from agencies (R16), on a stopped hub's store.
+    #[command(subcommand)]
+    Requests(crate::ops::requests::RequestsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +191,10 @@ pub enum PolicyCommand {
         dir: PathBuf,
         #[command(flatten)]
         signatures: crate::ops::signed::SignatureArgs,
+        /// A stopped hub's data_dir: every grant's `request:` must cite a service request
+        /// of its agency in that hub's store.
+        #[arg(long, value_name = "DATA_DIR")]
+        requests: Option<PathBuf>,
     },
     /// Explain what one agency may do (grants, fields, purposes, approvals; with --ca or
     /// --dev, who consented and approved).
@@ -197,6 +204,9 @@ pub enum PolicyCommand {
         agency: String,
         #[command(flatten)]
         signatures: crate::ops::signed::SignatureArgs,
+        /// A stopped hub's data_dir: also list the agency's open service requests.
+        #[arg(long, value_name = "DATA_DIR")]
+        requests: Option<PathBuf>,
     },
     /// Sign a grant or subscription as its provider (consent) or the secretariat
     /// (approval), or withdraw it (--withdraw): a JWS into the signatures file.
@@ -421,8 +431,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { dir, signatures }) => {
-            crate::ops::signed::check_command(&dir, &signatures)
+        Command::Policy(PolicyCommand::Check {
+            dir,
+            signatures,
+            requests,
+        }) => {
+            let code = crate::ops::signed::check_command(&dir, &signatures)?;
+            let Some(data_dir) = requests else {
+                return Ok(code);
+            };
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            let problems = crate::ops::requests::uncited_requests(&dir, &data_dir)?;
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if problems.is_empty() {
+                println!("service requests: every cited request exists");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Policy(PolicyCommand::Sign(args)) => crate::ops::signed::sign_command(&args),
         Command::Policy(PolicyCommand::Diff(args)) => crate::ops::signed::diff_command(&args),
@@ -430,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             agency,
             signatures,
+            requests,
         }) => {
             let signed = crate::ops::signed::explain_lines(&dir, &signatures)?;
             let policy = match &signed {
@@ -453,6 +484,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     g.purposes,
                     crate::inquiry::pipeline::approval_text(&g.approved)
                 );
+                for line in crate::ops::explain::grant_lines(g) {
+                    println!("{line}");
+                }
                 if signed.is_some() {
                     println!(
                         "      signatures: {}",
@@ -466,6 +500,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for line in crate::ops::signed::withdrawn_lines(report, &a.id) {
                     println!("{line}");
                 }
+            }
+            for line in crate::ops::explain::agency_lines(&policy, &a.id, requests.as_deref())? {
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -518,6 +555,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::ops::report::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Requests(cmd) => crate::ops::requests::requests_command(cmd),
     }
 }
 

@@ -120,11 +120,14 @@ fn typed_service(id: &str) -> Option<&'static str> {
     }
 }
 
-fn hub_wide_services() -> [&'static str; 2] {
-    use tabadol_proto::v1::{events_server::EventsServer, inquiry_server::InquiryServer};
+fn hub_wide_services() -> [&'static str; 3] {
+    use tabadol_proto::v1::{
+        datasets_server::DatasetsServer, events_server::EventsServer, inquiry_server::InquiryServer,
+    };
     [
         <InquiryServer<crate::edge::grpc::inquiry::InquiryService> as NamedService>::NAME,
         <EventsServer<crate::edge::grpc::events::EventsService> as NamedService>::NAME,
+        <DatasetsServer<crate::edge::grpc::datasets::DatasetsService> as NamedService>::NAME,
     ]
 }
 

@@ -590,10 +590,15 @@ pub fn withdrawn_lines(report: &Report, agency: &str) -> Vec<String> {
 /// Arguments of `tabadol policy diff`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DiffArgs {
-    /// The policy before.
+    /// The policy before; with --git, the policy directory whose version at REV is the
+    /// policy before and whose working copy is the policy after.
     pub old: PathBuf,
-    /// The policy after.
-    pub new: PathBuf,
+    /// The policy after (not with --git).
+    #[arg(required_unless_present = "git", conflicts_with = "git")]
+    pub new: Option<PathBuf>,
+    /// Compare the policy directory as committed at this git revision with its working copy.
+    #[arg(long, value_name = "REV")]
+    pub git: Option<String>,
     /// The signatures of the new policy [default: NEW/signatures.yaml].
     #[arg(long, value_name = "FILE")]
     pub signatures: Option<PathBuf>,
@@ -606,11 +611,19 @@ pub fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         tabadol_policy::load::load_dir(d)
             .map_err(|e| anyhow::anyhow!("policy {} is not valid:\n{e}", d.display()))
     };
-    let (old, new) = (load(&args.old)?, load(&args.new)?);
+    let (before_dir, _checkout) = match &args.git {
+        Some(rev) => {
+            let tmp = crate::ops::diff::checkout(&args.old, rev)?;
+            (tmp.path().to_owned(), Some(tmp))
+        }
+        None => (args.old.clone(), None),
+    };
+    let after_dir = args.new.clone().unwrap_or_else(|| args.old.clone());
+    let (old, new) = (load(&before_dir)?, load(&after_dir)?);
     let sig_path = args
         .signatures
         .clone()
-        .unwrap_or_else(|| args.new.join(SIGNATURES_FILE));
+        .unwrap_or_else(|| after_dir.join(SIGNATURES_FILE));
     let claimed = signatures::claimed_hashes(&sig_path);
     let by_id = |src: &PolicySource| -> BTreeMap<String, Grant> {
         src.grants
@@ -687,6 +700,10 @@ pub fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         for l in lines {
             println!("{l}");
         }
+    }
+    // What each change does to access, with the approval it cites (ops/diff.rs).
+    if crate::ops::diff::print(&crate::ops::diff::changes(&old, &new)) {
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

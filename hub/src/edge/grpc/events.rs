@@ -90,6 +90,12 @@ impl StreamsStop {
     pub fn stop(&self) {
         self.0.send_replace(true);
     }
+
+    /// A receiver that turns `true` when shutdown begins (other long-lived streams, e.g.
+    /// `Datasets/Subscribe`, end on it too).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 /// Ends a stream stopped for shutdown with where to resume. Waits (briefly) for room in

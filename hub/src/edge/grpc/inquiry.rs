@@ -7,8 +7,8 @@ use std::time::Instant;
 use tabadol_proto::v1::inquiry_server::Inquiry;
 use tabadol_proto::v1::{
     GrantedService, InquireManyItem, InquireManyRequest, InquireManyResponse, InquireRequest,
-    InquireResponse, ItemStatus, ListServicesRequest, ListServicesResponse, Record, TraceEntry,
-    TraceRequest, TraceResponse,
+    InquireResponse, ItemStatus, ListServicesRequest, ListServicesResponse, Record,
+    RequestServiceRequest, RequestServiceResponse, TraceEntry, TraceRequest, TraceResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -216,11 +216,65 @@ impl Inquiry for InquiryService {
                         None => format!("{} – {}", w.from, w.until),
                     })
                     .collect(),
+                condition: g
+                    .condition
+                    .as_ref()
+                    .map(|c| {
+                        format!(
+                            "input `{}` {} in dataset {}",
+                            c.key,
+                            c.rule.as_str(),
+                            c.dataset
+                        )
+                    })
+                    .unwrap_or_default(),
             })
+            .collect();
+        let open_requests = self
+            .0
+            .requests()
+            .and_then(|r| r.open_of(&caller.agency))
+            .map_err(Status::from)?
+            .iter()
+            .map(|r| r.to_proto())
             .collect();
         Ok(Response::new(ListServicesResponse {
             agency: caller.agency,
             services,
+            open_requests,
+        }))
+    }
+
+    async fn request_service(
+        &self,
+        req: Request<RequestServiceRequest>,
+    ) -> Result<Response<RequestServiceResponse>, Status> {
+        let caller = super::caller(&self.0, &req)?;
+        let r = req.into_inner();
+        crate::inquiry::requests::validate(&r).map_err(|v| Status::from(HubError::Invalid(v)))?;
+        let stored = self.0.requests()?.create(&caller.agency, r).await?;
+        let audit = crate::inquiry::audit::AuditRecord {
+            seq: 0,
+            time_micros: jiff::Timestamp::now().as_microsecond(),
+            inquiry_id: uuid::Uuid::now_v7().to_string(),
+            agency: caller.agency.clone(),
+            service: "inquiry.request-service".into(),
+            purpose: String::new(),
+            tracking_code: stored.id.clone(),
+            service_request_id: stored.id.clone(),
+            outcome: "ok".into(),
+            latency_micros: 0,
+            detail: "service request recorded".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        self.0
+            .audit()
+            .append(audit)
+            .await
+            .map_err(|e| Status::from(HubError::Internal(format!("audit write failed: {e}"))))?;
+        Ok(Response::new(RequestServiceResponse {
+            request_id: stored.id,
         }))
     }
 }

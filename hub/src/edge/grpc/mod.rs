@@ -2,6 +2,7 @@
 //! them run through the same [`Hub`](crate::inquiry::pipeline::Hub) pipeline.
 
 pub mod civil_registry;
+pub mod datasets;
 pub mod events;
 pub mod inquiry;
 pub mod shahkar;
