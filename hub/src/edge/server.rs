@@ -28,13 +28,18 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
+/// The front ends that hold state of their own (the inquiry ones are built from the hub).
+pub struct Fronts {
+    pub events: EventsService,
+    pub datasets: DatasetsService,
+}
+
 /// Serves every hub service on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<crate::edge::tls::TlsEdge>,
     hub: Arc<Hub>,
-    events: EventsService,
-    datasets: DatasetsService,
+    Fronts { events, datasets }: Fronts,
     limits: EdgeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     // grpc.health.v1, its statuses set by `ops/health.rs`.

@@ -327,8 +327,7 @@ pub async fn start(
         listener,
         tls.clone(),
         hub.clone(),
-        events,
-        datasets,
+        crate::edge::server::Fronts { events, datasets },
         cfg.limits.edge(),
         async move {
             let _ = rx.await;
