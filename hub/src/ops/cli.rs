@@ -9,6 +9,9 @@ use tabadol_policy::Policy;
 
 use crate::ops::pki::PkiLayout;
 
+/// How long a store command waits for a just-stopped hub to release the store's lock.
+const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tabadol",
@@ -150,16 +153,24 @@ impl StoreArgs {
                 store.display()
             );
         }
-        sled::open(&store).map_err(|e| {
-            if e.to_string().contains("could not acquire lock") {
-                anyhow::anyhow!(
-                    "the store {} is locked by a running hub: stop the hub first (dead letters are read and replayed on a stopped hub's store)",
-                    store.display()
-                )
-            } else {
-                anyhow::anyhow!("cannot open the store {}: {e}", store.display())
+        // A hub that has just stopped may hold the lock a moment longer (its audit writer's
+        // last flush): wait up to STORE_LOCK_WAIT before saying it is running.
+        let started = std::time::Instant::now();
+        loop {
+            match sled::open(&store) {
+                Ok(db) => return Ok(db),
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() >= STORE_LOCK_WAIT {
+                        anyhow::bail!(
+                            "the store {} is locked by a running hub: stop the hub first (these commands read and change a stopped hub's store)",
+                            store.display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => anyhow::bail!("cannot open the store {}: {e}", store.display()),
             }
-        })
+        }
     }
 }
 
