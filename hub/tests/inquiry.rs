@@ -827,7 +827,14 @@ async fn inquiries_beyond_the_in_flight_limit_are_shed_with_retry_info() {
         .into_iter()
         .map(|t| tokio::spawn(call(t)))
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let running = Instant::now();
+    while hub.handle.hub.in_flight() < 2 {
+        assert!(
+            running.elapsed() < Duration::from_secs(5),
+            "the slow calls never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let err = call("TRK-SHED-003").await.unwrap_err();
     assert!(

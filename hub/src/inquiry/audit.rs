@@ -56,6 +56,32 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The record of a call that is not an inquiry (Events, Datasets): who, which method,
+    /// the caller's tracking code, the outcome and why; no purpose, no latency.
+    pub fn call(
+        agency: &str,
+        service: &str,
+        tracking: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Self {
+        AuditRecord {
+            seq: 0,
+            time_micros: jiff::Timestamp::now().as_microsecond(),
+            inquiry_id: uuid::Uuid::now_v7().to_string(),
+            agency: agency.to_owned(),
+            service: service.to_owned(),
+            purpose: String::new(),
+            tracking_code: tracking.to_owned(),
+            service_request_id: String::new(),
+            outcome: outcome.to_owned(),
+            latency_micros: 0,
+            detail,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     /// The chain hash of this record: SHA-256 over its fields and `prev_hash`.
     pub fn chain_hash(&self) -> String {
         let mut h = Sha256::new();

@@ -142,6 +142,11 @@ impl Hub {
         }
     }
 
+    /// Inquiries running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The policy in force now.
     pub fn policy(&self) -> arc_swap::Guard<Arc<PolicyState>> {
         self.policy.load()

@@ -54,21 +54,7 @@ impl DatasetsService {
         outcome: &str,
         detail: String,
     ) {
-        let rec = AuditRecord {
-            seq: 0,
-            time_micros: jiff::Timestamp::now().as_microsecond(),
-            inquiry_id: uuid::Uuid::now_v7().to_string(),
-            agency: caller.agency.clone(),
-            service: service.to_owned(),
-            purpose: String::new(),
-            tracking_code: tracking.to_owned(),
-            service_request_id: String::new(),
-            outcome: outcome.to_owned(),
-            latency_micros: 0,
-            detail,
-            prev_hash: String::new(),
-            hash: String::new(),
-        };
+        let rec = AuditRecord::call(&caller.agency, service, tracking, outcome, detail);
         if let Err(e) = self.hub.audit().append(rec).await {
             tracing::error!(message = "audit write failed", error = %e);
         }

@@ -409,21 +409,13 @@ impl EventsService {
     ) -> Result<(), Status> {
         self.hub
             .audit()
-            .append(AuditRecord {
-                seq: 0,
-                time_micros: jiff::Timestamp::now().as_microsecond(),
-                inquiry_id: uuid::Uuid::now_v7().to_string(),
-                agency: caller.agency.clone(),
-                service: service.to_owned(),
-                purpose: String::new(),
-                tracking_code: tracking.to_owned(),
-                service_request_id: String::new(),
-                outcome: outcome.to_owned(),
-                latency_micros: 0,
+            .append(AuditRecord::call(
+                &caller.agency,
+                service,
+                tracking,
+                outcome,
                 detail,
-                prev_hash: String::new(),
-                hash: String::new(),
-            })
+            ))
             .await
             .map(|_| ())
             .map_err(|e| HubError::Internal(format!("audit write failed: {e}")).into())
