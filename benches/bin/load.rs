@@ -3,6 +3,13 @@
 //! After the warm-up it counts calls that complete inside the measurement window and prints
 //! one JSON line; latencies (µs) are those of successful calls. Exits non-zero when
 //! no call succeeded.
+//!
+//! `--rate R` paces the workers to R calls/s in total (each call starts at its scheduled
+//! time; latency counts from that time, so a late server is not hidden by a waiting
+//! client). `--honour-retry-info` makes a worker wait the `RetryInfo` delay of a shed call
+//! (UNAVAILABLE / RESOURCE_EXHAUSTED), as a well-behaved client does. `--identities DIR
+//! --agencies N` opens one connection per agency certificate `DIR/<prefix><i>.crt` and
+//! spreads the calls over all of them (the many-agencies memory run).
 
 use std::{
     collections::BTreeMap,
@@ -27,14 +34,24 @@ use tonic::{
 };
 
 #[derive(Parser)]
-#[command(about = "Closed-loop gRPC load generator; prints one JSON line of results")]
+#[command(
+    about = "Closed-loop gRPC load generator; prints one JSON line of results",
+    args_override_self = true
+)]
 struct Args {
     /// Server address, host:port.
-    #[arg(long)]
+    #[arg(long, default_value = "", required_unless_present = "http_post")]
     target: String,
     /// Full method path, e.g. /tabadol.v1.Shahkar/MatchMobile.
-    #[arg(long)]
+    #[arg(long, default_value = "", required_unless_present = "http_post")]
     method: String,
+    /// Instead of gRPC: POST --http-json to this plain-HTTP URL (a provider simulator's
+    /// own latency, the baseline of the hub's added latency).
+    #[arg(long, requires = "http_json", conflicts_with_all = ["target", "method", "ca"])]
+    http_post: Option<String>,
+    /// JSON body for --http-post.
+    #[arg(long, requires = "http_post")]
+    http_json: Option<String>,
     /// Serialized protobuf request message as hex (the 5-byte gRPC frame is added here).
     #[arg(long, default_value = "")]
     body_hex: String,
@@ -68,6 +85,22 @@ struct Args {
     /// Stop after this many measured calls instead of after --duration.
     #[arg(long)]
     requests: Option<u64>,
+    /// Total calls per second, paced (default: closed loop, as fast as answered).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Wait the RetryInfo delay (at most 2 s) after a shed call before the next one.
+    #[arg(long)]
+    honour_retry_info: bool,
+    /// Directory of agency certificates `<prefix><i>.crt`/`.key` (with --agencies): one
+    /// connection per agency instead of --connections with --cert/--key.
+    #[arg(long, requires = "agencies")]
+    identities: Option<PathBuf>,
+    /// How many agencies of --identities to connect.
+    #[arg(long, requires = "identities")]
+    agencies: Option<usize>,
+    /// File name prefix of the agency certificates in --identities.
+    #[arg(long, default_value = "bench-")]
+    agency_prefix: String,
     /// Request metadata as key=value (repeatable).
     #[arg(long = "metadata", value_parser = parse_kv)]
     metadata: Vec<(String, String)>,
@@ -132,33 +165,77 @@ async fn call(
     path: &PathAndQuery,
     body: &Bytes,
     md: &MetadataMap,
-) -> Result<(), Code> {
-    grpc.ready().await.map_err(|_| Code::Unavailable)?;
+) -> Result<(), Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut req = Request::new(body.clone());
     *req.metadata_mut() = md.clone();
     grpc.unary::<_, Bytes, _>(req, path.clone(), Raw)
         .await
         .map(drop)
-        .map_err(|s| s.code())
+}
+
+/// The RetryInfo delay of a shed call, if it carries one (capped at 2 s).
+fn retry_delay(s: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    if !matches!(s.code(), Code::Unavailable | Code::ResourceExhausted) {
+        return None;
+    }
+    s.get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .map(|d| d.min(Duration::from_secs(2)))
+}
+
+/// How one worker paces and behaves.
+#[derive(Clone)]
+struct Pace {
+    /// Time between this worker's calls (None: closed loop).
+    period: Option<Duration>,
+    honour_retry_info: bool,
 }
 
 async fn worker(
-    ch: Channel,
+    chans: Vec<Channel>,
     path: PathAndQuery,
     body: Bytes,
     md: MetadataMap,
     sh: Arc<Shared>,
+    pace: Pace,
 ) -> Tally {
-    let mut grpc = Grpc::new(ch);
+    let mut grpcs: Vec<_> = chans.into_iter().map(Grpc::new).collect();
+    let mut next_chan = 0;
     let mut t = Tally {
         hist: new_hist(),
         ok: 0,
         codes: BTreeMap::new(),
     };
+    let mut due = Instant::now();
     while !sh.stop.load(Relaxed) {
-        let start = Instant::now();
-        let res = call(&mut grpc, &path, &body, &md).await;
+        let start = match pace.period {
+            Some(p) => {
+                tokio::time::sleep_until(due.into()).await;
+                let s = due;
+                due += p;
+                s
+            }
+            None => Instant::now(),
+        };
+        let n = grpcs.len();
+        let res = call(&mut grpcs[next_chan], &path, &body, &md).await;
+        next_chan = (next_chan + 1) % n;
         let us = start.elapsed().as_micros() as u64;
+        let backoff = match &res {
+            Err(s) if pace.honour_retry_info => retry_delay(s),
+            _ => None,
+        };
+        let res = res.map_err(|s| s.code());
+        if let Some(d) = backoff {
+            tokio::time::sleep(d).await;
+            if pace.period.is_some() {
+                due = due.max(Instant::now());
+            }
+        }
         if !sh.measuring.load(Relaxed) || sh.stop.load(Relaxed) {
             continue;
         }
@@ -206,7 +283,107 @@ async fn main() {
     }
 }
 
+/// The --http-post mode: the same pacing and counting over a pooled HTTP/1.1 client
+/// (reqwest, as the hub's own provider client).
+async fn http_worker(
+    client: reqwest::Client,
+    url: String,
+    body: Bytes,
+    sh: Arc<Shared>,
+    pace: Pace,
+) -> Tally {
+    let mut t = Tally {
+        hist: new_hist(),
+        ok: 0,
+        codes: BTreeMap::new(),
+    };
+    let mut due = Instant::now();
+    while !sh.stop.load(Relaxed) {
+        let start = match pace.period {
+            Some(p) => {
+                tokio::time::sleep_until(due.into()).await;
+                let s = due;
+                due += p;
+                s
+            }
+            None => Instant::now(),
+        };
+        let res = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let res = match res {
+            Ok(r) if r.status().is_success() => r.bytes().await.map(drop).map_err(|_| 14),
+            Ok(r) => Err(i32::from(r.status().as_u16())),
+            Err(_) => Err(14),
+        };
+        let us = start.elapsed().as_micros() as u64;
+        if !sh.measuring.load(Relaxed) || sh.stop.load(Relaxed) {
+            continue;
+        }
+        let n = sh.done.fetch_add(1, Relaxed) + 1;
+        if n > sh.limit {
+            continue;
+        }
+        if n == sh.limit {
+            sh.stop.store(true, Relaxed);
+            sh.finished.notify_one();
+        }
+        match res {
+            Ok(()) => {
+                t.ok += 1;
+                t.hist.saturating_record(us.max(1));
+            }
+            Err(code) => *t.codes.entry(code).or_default() += 1,
+        }
+    }
+    t
+}
+
 async fn run(a: Args) -> Result<(), String> {
+    let pace = Pace {
+        period: match a.rate {
+            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(a.concurrency.max(1) as f64 / r)),
+            Some(_) => return Err("--rate must be above 0".into()),
+            None => None,
+        },
+        honour_retry_info: a.honour_retry_info,
+    };
+    if let (Some(url), Some(json)) = (&a.http_post, &a.http_json) {
+        if a.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(a.concurrency)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", chain(&e)))?;
+        eprintln!(
+            "load: POST {url}, {} in flight, warmup {}s, duration {}s",
+            a.concurrency, a.warmup, a.duration
+        );
+        let sh = Arc::new(Shared {
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            limit: a.requests.unwrap_or(u64::MAX),
+            finished: Notify::new(),
+        });
+        let body = Bytes::from(json.clone());
+        let workers: Vec<_> = (0..a.concurrency)
+            .map(|_| {
+                tokio::spawn(http_worker(
+                    client.clone(),
+                    url.clone(),
+                    body.clone(),
+                    sh.clone(),
+                    pace.clone(),
+                ))
+            })
+            .collect();
+        return measure(&a, sh, workers).await;
+    }
     if a.connections == 0 || a.concurrency == 0 || a.requests == Some(0) {
         return Err("--connections, --concurrency and --requests must be at least 1".into());
     }
@@ -245,12 +422,42 @@ async fn run(a: Args) -> Result<(), String> {
             .map_err(|e| format!("TLS config: {}", chain(&e)))?;
     }
     let mut channels = Vec::with_capacity(a.connections);
-    for _ in 0..a.connections {
-        channels.push(
-            ep.connect()
-                .await
-                .map_err(|e| format!("connect {}: {}", a.target, chain(&e)))?,
-        );
+    if let (Some(dir), Some(n), Some(ca)) = (&a.identities, a.agencies, &a.ca) {
+        // One connection per agency; a few handshakes at a time (the hub bounds them
+        // per source address).
+        let ca = Certificate::from_pem(read(ca)?);
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let name = format!("{}{i}", a.agency_prefix);
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(ca.clone())
+                .domain_name(a.server_name.clone())
+                .identity(Identity::from_pem(
+                    read(&dir.join(format!("{name}.crt")))?,
+                    read(&dir.join(format!("{name}.key")))?,
+                ));
+            let ep = ep
+                .clone()
+                .tls_config(tls)
+                .map_err(|e| format!("TLS config: {}", chain(&e)))?;
+            pending.push(tokio::spawn(async move { (name, ep.connect().await) }));
+            if pending.len() == 16 || i + 1 == n {
+                for p in pending.drain(..) {
+                    let (name, r) = p.await.map_err(|e| e.to_string())?;
+                    channels.push(
+                        r.map_err(|e| format!("connect {} as {name}: {}", a.target, chain(&e)))?,
+                    );
+                }
+            }
+        }
+    } else {
+        for _ in 0..a.connections {
+            channels.push(
+                ep.connect()
+                    .await
+                    .map_err(|e| format!("connect {}: {}", a.target, chain(&e)))?,
+            );
+        }
     }
     eprintln!(
         "load: {} {} ({}), {} connections, {} in flight, warmup {}s, {}",
@@ -263,7 +470,7 @@ async fn run(a: Args) -> Result<(), String> {
         } else {
             "TLS"
         },
-        a.connections,
+        channels.len(),
         a.concurrency,
         a.warmup,
         a.requests
@@ -279,19 +486,38 @@ async fn run(a: Args) -> Result<(), String> {
         limit: a.requests.unwrap_or(u64::MAX),
         finished: Notify::new(),
     });
+    // Worker i uses connections i, i+C, i+2C, ... in turn, so every connection carries calls
+    // even when there are more connections than workers.
     let workers: Vec<_> = (0..a.concurrency)
         .map(|i| {
-            let ch = channels[i % channels.len()].clone();
+            let mut mine: Vec<Channel> = channels
+                .iter()
+                .skip(i % channels.len())
+                .step_by(a.concurrency)
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                mine.push(channels[i % channels.len()].clone());
+            }
             tokio::spawn(worker(
-                ch,
+                mine,
                 path.clone(),
                 body.clone(),
                 md.clone(),
                 sh.clone(),
+                pace.clone(),
             ))
         })
         .collect();
+    measure(&a, sh, workers).await
+}
 
+/// Warm-up, the measurement window, then the JSON line of the workers' tallies.
+async fn measure(
+    a: &Args,
+    sh: Arc<Shared>,
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     sh.measuring.store(true, Relaxed);
     let t0 = Instant::now();
