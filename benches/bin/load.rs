@@ -156,6 +156,31 @@ struct Tally {
     codes: BTreeMap<i32, u64>,
 }
 
+impl Tally {
+    /// Counts one finished call if it ended inside the measurement window (and within
+    /// --requests); the last one allowed stops the run.
+    fn count(&mut self, sh: &Shared, us: u64, res: Result<(), i32>) {
+        if !sh.measuring.load(Relaxed) || sh.stop.load(Relaxed) {
+            return;
+        }
+        let n = sh.done.fetch_add(1, Relaxed) + 1;
+        if n > sh.limit {
+            return;
+        }
+        if n == sh.limit {
+            sh.stop.store(true, Relaxed);
+            sh.finished.notify_one();
+        }
+        match res {
+            Ok(()) => {
+                self.ok += 1;
+                self.hist.saturating_record(us.max(1));
+            }
+            Err(code) => *self.codes.entry(code).or_default() += 1,
+        }
+    }
+}
+
 fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
@@ -236,24 +261,7 @@ async fn worker(
                 due = due.max(Instant::now());
             }
         }
-        if !sh.measuring.load(Relaxed) || sh.stop.load(Relaxed) {
-            continue;
-        }
-        let n = sh.done.fetch_add(1, Relaxed) + 1;
-        if n > sh.limit {
-            continue;
-        }
-        if n == sh.limit {
-            sh.stop.store(true, Relaxed);
-            sh.finished.notify_one();
-        }
-        match res {
-            Ok(()) => {
-                t.ok += 1;
-                t.hist.saturating_record(us.max(1));
-            }
-            Err(code) => *t.codes.entry(code as i32).or_default() += 1,
-        }
+        t.count(&sh, us, res.map_err(|c| c as i32));
     }
     t
 }
@@ -320,24 +328,7 @@ async fn http_worker(
             Err(_) => Err(14),
         };
         let us = start.elapsed().as_micros() as u64;
-        if !sh.measuring.load(Relaxed) || sh.stop.load(Relaxed) {
-            continue;
-        }
-        let n = sh.done.fetch_add(1, Relaxed) + 1;
-        if n > sh.limit {
-            continue;
-        }
-        if n == sh.limit {
-            sh.stop.store(true, Relaxed);
-            sh.finished.notify_one();
-        }
-        match res {
-            Ok(()) => {
-                t.ok += 1;
-                t.hist.saturating_record(us.max(1));
-            }
-            Err(code) => *t.codes.entry(code).or_default() += 1,
-        }
+        t.count(&sh, us, res);
     }
     t
 }
