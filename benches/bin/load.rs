@@ -157,6 +157,14 @@ struct Tally {
 }
 
 impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: new_hist(),
+            ok: 0,
+            codes: BTreeMap::new(),
+        }
+    }
+
     /// Counts one finished call if it ended inside the measurement window (and within
     /// --requests); the last one allowed stops the run.
     fn count(&mut self, sh: &Shared, us: u64, res: Result<(), i32>) {
@@ -220,6 +228,21 @@ struct Pace {
     honour_retry_info: bool,
 }
 
+impl Pace {
+    /// Waits for the next call's scheduled time (closed loop: now) and returns it.
+    async fn wait(&self, due: &mut Instant) -> Instant {
+        match self.period {
+            Some(p) => {
+                tokio::time::sleep_until((*due).into()).await;
+                let s = *due;
+                *due += p;
+                s
+            }
+            None => Instant::now(),
+        }
+    }
+}
+
 async fn worker(
     chans: Vec<Channel>,
     path: PathAndQuery,
@@ -230,22 +253,10 @@ async fn worker(
 ) -> Tally {
     let mut grpcs: Vec<_> = chans.into_iter().map(Grpc::new).collect();
     let mut next_chan = 0;
-    let mut t = Tally {
-        hist: new_hist(),
-        ok: 0,
-        codes: BTreeMap::new(),
-    };
+    let mut t = Tally::new();
     let mut due = Instant::now();
     while !sh.stop.load(Relaxed) {
-        let start = match pace.period {
-            Some(p) => {
-                tokio::time::sleep_until(due.into()).await;
-                let s = due;
-                due += p;
-                s
-            }
-            None => Instant::now(),
-        };
+        let start = pace.wait(&mut due).await;
         let n = grpcs.len();
         let res = call(&mut grpcs[next_chan], &path, &body, &md).await;
         next_chan = (next_chan + 1) % n;
@@ -300,22 +311,10 @@ async fn http_worker(
     sh: Arc<Shared>,
     pace: Pace,
 ) -> Tally {
-    let mut t = Tally {
-        hist: new_hist(),
-        ok: 0,
-        codes: BTreeMap::new(),
-    };
+    let mut t = Tally::new();
     let mut due = Instant::now();
     while !sh.stop.load(Relaxed) {
-        let start = match pace.period {
-            Some(p) => {
-                tokio::time::sleep_until(due.into()).await;
-                let s = due;
-                due += p;
-                s
-            }
-            None => Instant::now(),
-        };
+        let start = pace.wait(&mut due).await;
         let res = client
             .post(&url)
             .header("content-type", "application/json")
